@@ -1,1 +1,25 @@
-//! placeholder
+//! The pure-Rust core of `PropertyTable.Persist`: the on-disk format (see `format`), chunk
+//! compression and checksums, and the crash-safe persist / restore / snapshot protocol over a
+//! filesystem abstraction (`fs::Fs`) that tests can record and break.
+//!
+//! Rows are opaque here: each chunk is the Erlang external term format of a list of
+//! `{property, value}` pairs, encoded and decoded on the BEAM side.
+
+pub mod codec;
+pub mod error;
+pub mod format;
+pub mod fs;
+pub mod reader;
+pub mod snapshot_id;
+pub mod table_dir;
+pub mod writer;
+
+pub use error::{Error, Reason, Result};
+pub use fs::{Fs, StdFs};
+pub use reader::{Chunk, FileHeader, TableFile};
+pub use snapshot_id::SnapshotId;
+pub use table_dir::{
+    list_snapshots, open_newest_valid, restore_snapshot, PersistSession, RestoreFailure,
+    RestoreSource, SnapshotEntry, SourceKind, TableDir,
+};
+pub use writer::{ChunkWriter, Stamp, WriteOptions};

@@ -1,0 +1,120 @@
+//! Chunk compression. The user's `:compression` level 0..9 picks the codec and its level;
+//! level 0 stores chunks as they are.
+
+use std::io;
+
+/// Codec ids stored in the header.
+pub const CODEC_NONE: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+/// The zstd level used for each user level 1..9 (index 0 unused). Chosen by measurement on
+/// property-table data (see bench/): every step gives files no larger than the one before.
+const ZSTD_LEVELS: [i32; 10] = [0, 1, 1, 3, 3, 3, 3, 8, 12, 19];
+
+/// Returns the codec id for a user compression level, which must be 0..=9.
+pub fn codec_for_level(level: u8) -> u8 {
+    if level == 0 {
+        CODEC_NONE
+    } else {
+        CODEC_ZSTD
+    }
+}
+
+/// Compresses chunks of one file, reusing the codec's context.
+pub struct Compressor {
+    zstd: Option<zstd::bulk::Compressor<'static>>,
+}
+
+impl Compressor {
+    pub fn new(level: u8) -> io::Result<Self> {
+        let zstd = match ZSTD_LEVELS.get(usize::from(level)) {
+            Some(0) | None => None,
+            Some(&zl) => Some(zstd::bulk::Compressor::new(zl)?),
+        };
+        Ok(Compressor { zstd })
+    }
+
+    pub fn codec(&self) -> u8 {
+        if self.zstd.is_some() {
+            CODEC_ZSTD
+        } else {
+            CODEC_NONE
+        }
+    }
+
+    /// Appends the compressed form of `raw` to `out`.
+    pub fn compress_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        match &mut self.zstd {
+            None => out.extend_from_slice(raw),
+            Some(z) => {
+                let start = out.len();
+                out.resize(start + zstd::zstd_safe::compress_bound(raw.len()), 0);
+                let n = z.compress_to_buffer(raw, &mut out[start..])?;
+                out.truncate(start + n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decompresses chunks of one file.
+pub struct Decompressor {
+    zstd: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Decompressor {
+    /// `None` for a codec id this version does not know.
+    pub fn for_codec(codec: u8) -> Option<Self> {
+        match codec {
+            CODEC_NONE => Some(Decompressor { zstd: None }),
+            CODEC_ZSTD => zstd::bulk::Decompressor::new()
+                .ok()
+                .map(|z| Decompressor { zstd: Some(z) }),
+            _ => None,
+        }
+    }
+
+    /// Decompresses `stored` into exactly `out.len()` bytes; `false` if the data is not a
+    /// valid stream of exactly that size.
+    pub fn decompress_exact(&mut self, stored: &[u8], out: &mut [u8]) -> bool {
+        match &mut self.zstd {
+            None => {
+                if stored.len() != out.len() {
+                    return false;
+                }
+                out.copy_from_slice(stored);
+                true
+            }
+            Some(z) => matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_level_round_trips() {
+        let raw: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for level in 0..=9u8 {
+            let mut c = Compressor::new(level).unwrap();
+            assert_eq!(c.codec(), codec_for_level(level));
+            let mut stored = vec![7u8];
+            c.compress_into(&raw, &mut stored).unwrap();
+            let mut d = Decompressor::for_codec(c.codec()).unwrap();
+            let mut out = vec![0u8; raw.len()];
+            assert!(d.decompress_exact(&stored[1..], &mut out));
+            assert_eq!(out, raw);
+            let mut short = vec![0u8; raw.len() - 1];
+            assert!(!d.decompress_exact(&stored[1..], &mut short));
+        }
+    }
+
+    #[test]
+    fn unknown_codec_is_refused() {
+        assert!(Decompressor::for_codec(9).is_none());
+    }
+}

@@ -1,0 +1,383 @@
+//! Opens a table file of either version, verifies it, and streams its chunks back.
+//!
+//! Reading is bounded: a frame is read only after its length was checked against the
+//! header's totals and the file's real length, and chunks are returned one at a time.
+
+use crate::codec::Decompressor;
+use crate::error::{Error, Reason, Result};
+use crate::format::{
+    parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN,
+    LEGACY_HEADER_LEN, LEGACY_TRAILER_LEN, MAX_HEADER_BODY_LEN, PREFIX_LEN,
+};
+use crate::fs::{Fs, ReadFile, WriteFile};
+use md5::{Digest, Md5};
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+const READ_BUFFER: usize = 256 << 10;
+
+/// What a file's header says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileHeader {
+    /// Version 2.
+    Current(HeaderV2),
+    /// Version 1 (property_table): only the payload length is known without decoding.
+    Legacy { payload_len: u64 },
+}
+
+/// One decoded chunk: the external term format of a list of `{property, value}` pairs.
+pub struct Chunk<B> {
+    pub data: B,
+    /// Rows in the chunk; unknown for a legacy file's single chunk.
+    pub rows: Option<u64>,
+}
+
+/// An opened table file whose header has been checked.
+pub struct TableFile {
+    path: PathBuf,
+    file: BufReader<Box<dyn ReadFile>>,
+    header: FileHeader,
+    /// Offset of the first frame (or of the legacy payload).
+    payload_start: u64,
+    decompressor: Option<Decompressor>,
+    cursor: Cursor,
+    scratch: Vec<u8>,
+}
+
+/// Where a pass over the payload is.
+#[derive(Default)]
+struct Cursor {
+    frames: u64,
+    payload: u64,
+    rows: u64,
+    digest: Option<Xxh3>,
+    done: bool,
+}
+
+impl TableFile {
+    /// Opens `path` and checks magic, version, header CRC and that the file's length is
+    /// exactly what the header announces.
+    pub fn open(fs: &dyn Fs, path: &Path) -> Result<Self> {
+        let io_err = |e: std::io::Error| Error::io(&e, path);
+        let raw = fs.open(path).map_err(io_err)?;
+        let file_len = raw.file_len().map_err(io_err)?;
+        let mut file = BufReader::with_capacity(READ_BUFFER, raw);
+        let bad_file = || Error::new(Reason::BadFile, path);
+
+        let mut prefix = [0u8; PREFIX_LEN];
+        file.read_exact(&mut prefix).map_err(io_err)?;
+        let (header, payload_start, expected_len) = match parse_prefix(&prefix, path)? {
+            Version::Legacy => {
+                let mut len = [0u8; 8];
+                file.read_exact(&mut len).map_err(io_err)?;
+                let payload_len = u64::from_be_bytes(len);
+                let expected = (LEGACY_HEADER_LEN as u64 + LEGACY_TRAILER_LEN as u64)
+                    .checked_add(payload_len)
+                    .ok_or_else(bad_file)?;
+                (
+                    FileHeader::Legacy { payload_len },
+                    LEGACY_HEADER_LEN as u64,
+                    expected,
+                )
+            }
+            Version::Current => {
+                let mut len = [0u8; 4];
+                file.read_exact(&mut len).map_err(io_err)?;
+                let body_len = u32::from_le_bytes(len) as usize;
+                if !(HEADER_BODY_LEN..=MAX_HEADER_BODY_LEN).contains(&body_len) {
+                    return Err(bad_file());
+                }
+                let mut body = vec![0u8; body_len + 4];
+                file.read_exact(&mut body).map_err(io_err)?;
+                let (body, crc) = body.split_at(body_len);
+                let mut hasher = crc32fast::Hasher::new();
+                hasher.update(&prefix);
+                hasher.update(&len);
+                hasher.update(body);
+                if crc != hasher.finalize().to_le_bytes() {
+                    return Err(Error::new(Reason::BadChecksum, path));
+                }
+                let h = HeaderV2::decode_body(body, path)?;
+                let start = (PREFIX_LEN + 4 + body_len + 4) as u64;
+                let expected = start.checked_add(h.payload_len).ok_or_else(bad_file)?;
+                (FileHeader::Current(h), start, expected)
+            }
+        };
+        if file_len != expected_len {
+            return Err(bad_file());
+        }
+        let decompressor = match header {
+            FileHeader::Current(h) => {
+                if h.level > 9 {
+                    return Err(bad_file());
+                }
+                Some(Decompressor::for_codec(h.codec).ok_or_else(bad_file)?)
+            }
+            FileHeader::Legacy { .. } => None,
+        };
+        let mut table_file = TableFile {
+            path: path.to_path_buf(),
+            file,
+            header,
+            payload_start,
+            decompressor,
+            cursor: Cursor::default(),
+            scratch: Vec::new(),
+        };
+        table_file.rewind()?;
+        Ok(table_file)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn header(&self) -> &FileHeader {
+        &self.header
+    }
+
+    /// Goes back to the first chunk.
+    pub fn rewind(&mut self) -> Result<()> {
+        self.file
+            .seek(SeekFrom::Start(self.payload_start))
+            .map_err(|e| Error::io(&e, &self.path))?;
+        self.cursor = Cursor {
+            digest: Some(Xxh3::new()),
+            ..Cursor::default()
+        };
+        Ok(())
+    }
+
+    /// Reads the whole payload and checks every checksum and length, without decompressing
+    /// (`deep` also decompresses every chunk and checks its content hash), then rewinds.
+    pub fn verify(&mut self, deep: bool) -> Result<()> {
+        self.rewind()?;
+        let result = match self.header {
+            FileHeader::Legacy { payload_len } => self.verify_legacy(payload_len),
+            FileHeader::Current(h) => self.verify_frames(h, deep),
+        };
+        self.rewind()?;
+        result
+    }
+
+    fn verify_frames(&mut self, h: HeaderV2, deep: bool) -> Result<()> {
+        let mut out = Vec::new();
+        while let Some(fh) = self.next_frame(&h)? {
+            if deep {
+                out.clear();
+                out.resize(usize::try_from(fh.raw_len).map_err(|_| self.bad_file())?, 0);
+                self.decompress_checked(&fh, &mut out)?;
+            }
+        }
+        if deep {
+            self.check_digest(&h)?;
+        }
+        Ok(())
+    }
+
+    fn verify_legacy(&mut self, payload_len: u64) -> Result<()> {
+        let mut md5 = Md5::new();
+        let mut left = payload_len;
+        let mut buf = vec![0u8; READ_BUFFER.min(payload_len as usize).max(1)];
+        while left > 0 {
+            let n = buf.len().min(left as usize);
+            let piece = &mut buf[..n];
+            self.file
+                .read_exact(piece)
+                .map_err(|e| Error::io(&e, &self.path))?;
+            md5.update(&*piece);
+            left -= n as u64;
+        }
+        self.check_md5(md5).map(|_| ())
+    }
+
+    /// Reads the legacy MD5 trailer and checks it against `md5`; returns the trailer.
+    fn check_md5(&mut self, md5: Md5) -> Result<[u8; LEGACY_TRAILER_LEN]> {
+        let mut stored = [0u8; LEGACY_TRAILER_LEN];
+        self.file
+            .read_exact(&mut stored)
+            .map_err(|e| Error::io(&e, &self.path))?;
+        if md5.finalize().as_slice() == stored {
+            Ok(stored)
+        } else {
+            Err(Error::new(Reason::BadChecksum, &self.path))
+        }
+    }
+
+    /// Returns the next chunk, decompressed into a buffer from `alloc` (called with the
+    /// chunk's exact size), or `None` after the last one. Checks as it goes; call
+    /// [`verify`](Self::verify) first to know the whole file is good before using any chunk.
+    pub fn next_chunk<B, F>(&mut self, alloc: F) -> Result<Option<Chunk<B>>>
+    where
+        B: AsMut<[u8]>,
+        F: FnOnce(usize) -> Option<B>,
+    {
+        match self.header {
+            FileHeader::Legacy { payload_len } => self.next_legacy_chunk(payload_len, alloc),
+            FileHeader::Current(h) => {
+                let Some(fh) = self.next_frame(&h)? else {
+                    self.check_digest(&h)?;
+                    return Ok(None);
+                };
+                let len = usize::try_from(fh.raw_len).map_err(|_| self.bad_file())?;
+                let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
+                self.decompress_checked(&fh, data.as_mut())?;
+                Ok(Some(Chunk {
+                    data,
+                    rows: Some(fh.row_count),
+                }))
+            }
+        }
+    }
+
+    fn next_legacy_chunk<B, F>(&mut self, payload_len: u64, alloc: F) -> Result<Option<Chunk<B>>>
+    where
+        B: AsMut<[u8]>,
+        F: FnOnce(usize) -> Option<B>,
+    {
+        if self.cursor.done {
+            return Ok(None);
+        }
+        let len = usize::try_from(payload_len).map_err(|_| self.bad_file())?;
+        let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
+        self.file
+            .read_exact(data.as_mut())
+            .map_err(|e| Error::io(&e, &self.path))?;
+        let mut md5 = Md5::new();
+        md5.update(data.as_mut());
+        self.check_md5(md5)?;
+        self.cursor.done = true;
+        Ok(Some(Chunk { data, rows: None }))
+    }
+
+    /// Reads the next frame into `self.scratch` and checks its CRC; `None` after the last
+    /// frame, once the totals were checked against the header.
+    fn next_frame(&mut self, h: &HeaderV2) -> Result<Option<FrameHeader>> {
+        if self.cursor.frames == h.chunk_count {
+            if self.cursor.payload != h.payload_len || self.cursor.rows != h.row_count {
+                return Err(self.bad_file());
+            }
+            return Ok(None);
+        }
+        let left = h.payload_len - self.cursor.payload;
+        if left < FRAME_HEADER_LEN as u64 {
+            return Err(self.bad_file());
+        }
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        self.file
+            .read_exact(&mut head)
+            .map_err(|e| Error::io(&e, &self.path))?;
+        let fh = FrameHeader::decode(&head, &self.path)?;
+        if fh.stored_len > left - FRAME_HEADER_LEN as u64 {
+            return Err(self.bad_file());
+        }
+        // Bounded by the file's real length, checked at open.
+        self.scratch.clear();
+        self.scratch.resize(fh.stored_len as usize, 0);
+        self.file
+            .read_exact(&mut self.scratch)
+            .map_err(|e| Error::io(&e, &self.path))?;
+        if fh.crc != fh.expected_crc(self.cursor.frames, &self.scratch) {
+            return Err(Error::new(Reason::BadChecksum, &self.path));
+        }
+        self.cursor.frames += 1;
+        self.cursor.payload += FRAME_HEADER_LEN as u64 + fh.stored_len;
+        self.cursor.rows = self
+            .cursor
+            .rows
+            .checked_add(fh.row_count)
+            .ok_or_else(|| self.bad_file())?;
+        Ok(Some(fh))
+    }
+
+    /// Decompresses the frame in `self.scratch` into `out` and checks its content hash.
+    fn decompress_checked(&mut self, fh: &FrameHeader, out: &mut [u8]) -> Result<()> {
+        let ok = match &mut self.decompressor {
+            Some(d) => d.decompress_exact(&self.scratch, out),
+            None => false,
+        };
+        if !ok {
+            return Err(self.bad_file());
+        }
+        if xxh3_64(out) != fh.raw_hash {
+            return Err(Error::new(Reason::BadChecksum, &self.path));
+        }
+        if let Some(d) = &mut self.cursor.digest {
+            d.update(out);
+        }
+        Ok(())
+    }
+
+    fn check_digest(&mut self, h: &HeaderV2) -> Result<()> {
+        match self.cursor.digest.take() {
+            Some(d) if d.digest128().to_le_bytes() != h.content_digest => {
+                Err(Error::new(Reason::BadChecksum, &self.path))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Copies this file to `out`, checking every frame as it goes. A version 2 file gets a
+    /// new header carrying `stamp` (so a copy has its own place in the ordering); a legacy
+    /// file is copied byte for byte. `out` is not synced.
+    pub fn copy_to(
+        &mut self,
+        out: &mut dyn WriteFile,
+        out_path: &Path,
+        stamp: crate::writer::Stamp,
+    ) -> Result<()> {
+        self.rewind()?;
+        let out_err = |e: std::io::Error| Error::io(&e, out_path);
+        match self.header {
+            FileHeader::Current(h) => {
+                let header = HeaderV2 {
+                    sequence: stamp.sequence,
+                    created_unix_us: stamp.created_unix_us,
+                    ..h
+                };
+                out.write_all(&header.encode()).map_err(out_err)?;
+                let mut head = Vec::with_capacity(FRAME_HEADER_LEN);
+                while let Some(fh) = self.next_frame(&h)? {
+                    head.clear();
+                    fh.encode_into(&mut head);
+                    out.write_all(&head).map_err(out_err)?;
+                    out.write_all(&self.scratch).map_err(out_err)?;
+                }
+            }
+            FileHeader::Legacy { payload_len } => {
+                let mut md5 = Md5::new();
+                let mut buf = vec![0u8; READ_BUFFER];
+                self.file
+                    .seek(SeekFrom::Start(0))
+                    .map_err(|e| Error::io(&e, &self.path))?;
+                let mut head = [0u8; LEGACY_HEADER_LEN];
+                self.file
+                    .read_exact(&mut head)
+                    .map_err(|e| Error::io(&e, &self.path))?;
+                out.write_all(&head).map_err(out_err)?;
+                let mut left = payload_len;
+                while left > 0 {
+                    let n = buf.len().min(left as usize);
+                    self.file
+                        .read_exact(&mut buf[..n])
+                        .map_err(|e| Error::io(&e, &self.path))?;
+                    md5.update(&buf[..n]);
+                    out.write_all(&buf[..n]).map_err(out_err)?;
+                    left -= n as u64;
+                }
+                let trailer = self.check_md5(md5)?;
+                out.write_all(&trailer).map_err(out_err)?;
+            }
+        }
+        self.rewind()
+    }
+
+    fn bad_file(&self) -> Error {
+        Error::new(Reason::BadFile, &self.path)
+    }
+
+    fn out_of_memory(&self) -> Error {
+        Error::new(Reason::Os("enomem"), &self.path)
+    }
+}

@@ -1,0 +1,478 @@
+//! The persist / restore / snapshot protocol over one table directory:
+//!
+//! ```text
+//! <dir>/data.ptable          stable file
+//! <dir>/data.ptable.backup   the previous stable file
+//! <dir>/data.ptable.tmp      a file being written
+//! <dir>/data.ptable.lock     advisory lock serializing writers (flock)
+//! <dir>/snapshots/<ID>       snapshots; <ID>.tmp while being written
+//! ```
+//!
+//! Installing a new stable file: write the tmp file and fsync it; if the current stable file
+//! verifies, rename it to the backup (a corrupt one is simply replaced, so it never pushes out
+//! a good backup); rename tmp to stable; fsync the directory. At every instant some complete
+//! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
+//! looks at them in that order.
+
+use crate::error::{Error, Reason, Result};
+use crate::fs::{Fs, LockGuard};
+use crate::reader::{FileHeader, TableFile};
+use crate::snapshot_id::SnapshotId;
+use crate::writer::{ChunkWriter, Stamp, WriteOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+pub const STABLE: &str = "data.ptable";
+pub const BACKUP: &str = "data.ptable.backup";
+pub const TMP: &str = "data.ptable.tmp";
+pub const LOCK: &str = "data.ptable.lock";
+pub const SNAPSHOTS: &str = "snapshots";
+const SNAPSHOT_TMP_SUFFIX: &str = ".tmp";
+
+/// The paths of one table directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableDir {
+    root: PathBuf,
+}
+
+impl TableDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        TableDir { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn stable(&self) -> PathBuf {
+        self.root.join(STABLE)
+    }
+    pub fn backup(&self) -> PathBuf {
+        self.root.join(BACKUP)
+    }
+    pub fn tmp(&self) -> PathBuf {
+        self.root.join(TMP)
+    }
+    pub fn lock(&self) -> PathBuf {
+        self.root.join(LOCK)
+    }
+    pub fn snapshots(&self) -> PathBuf {
+        self.root.join(SNAPSHOTS)
+    }
+    pub fn snapshot(&self, id: &SnapshotId) -> PathBuf {
+        self.snapshots().join(id.as_str())
+    }
+}
+
+/// Creates `path` and any missing ancestor, fsyncing each parent so the new entries survive
+/// a power cut.
+pub fn ensure_dir(fs: &dyn Fs, path: &Path) -> Result<()> {
+    match fs.metadata(path) {
+        Ok(meta) if meta.is_dir => return Ok(()),
+        Ok(_) => return Err(Error::new(Reason::Os("enotdir"), path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&e, path)),
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if parent != path {
+        ensure_dir(fs, parent)?;
+    }
+    match fs.create_dir(path) {
+        Ok(()) => {}
+        // Another writer made it first.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(Error::io(&e, path)),
+    }
+    fs.sync_dir(parent).map_err(|e| Error::io(&e, parent))
+}
+
+/// Takes the directory's writer lock without waiting (`busy` when held elsewhere).
+fn lock_dir(fs: &dyn Fs, dir: &TableDir) -> Result<Box<dyn LockGuard>> {
+    let path = dir.lock();
+    fs.try_lock(&path).map_err(|e| Error::io(&e, &path))
+}
+
+/// The sequence number of the header of `path`, if it has a readable version 2 header.
+fn sequence_of(fs: &dyn Fs, path: &Path) -> Option<u64> {
+    match TableFile::open(fs, path).ok()?.header() {
+        FileHeader::Current(h) => Some(h.sequence),
+        FileHeader::Legacy { .. } => None,
+    }
+}
+
+/// The next sequence number of the stable lineage.
+fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir) -> u64 {
+    let newest = [dir.stable(), dir.backup()]
+        .iter()
+        .filter_map(|p| sequence_of(fs, p))
+        .max()
+        .unwrap_or(0);
+    newest.saturating_add(1)
+}
+
+/// True when `path` exists and every checksum in it matches.
+fn verifies(fs: &dyn Fs, path: &Path) -> bool {
+    TableFile::open(fs, path)
+        .and_then(|mut f| f.verify(false))
+        .is_ok()
+}
+
+/// Makes the synced tmp file the stable file (see the module documentation).
+fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
+    let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
+    if verifies(fs, &stable) {
+        fs.rename(&stable, &backup)
+            .map_err(|e| Error::io(&e, &stable))?;
+    }
+    fs.rename(&tmp, &stable).map_err(|e| Error::io(&e, &tmp))?;
+    fs.sync_dir(dir.root())
+        .map_err(|e| Error::io(&e, dir.root()))
+}
+
+/// Removes a file if it is there; used for cleanup, where failing changes nothing.
+fn remove_if_present(fs: &dyn Fs, path: &Path) {
+    let _ = fs.remove_file(path);
+}
+
+/// One persist: holds the directory lock from `begin` until dropped, streams chunks into the
+/// tmp file, installs it on `commit`, and can then take a snapshot of the result.
+pub struct PersistSession {
+    fs: Arc<dyn Fs>,
+    dir: TableDir,
+    writer: Option<ChunkWriter>,
+    committed: bool,
+    // Dropped last: everything above happens under the lock.
+    _lock: Box<dyn LockGuard>,
+}
+
+impl PersistSession {
+    /// Creates the directory if needed, takes its lock and starts the tmp file.
+    pub fn begin(fs: Arc<dyn Fs>, dir: TableDir, options: WriteOptions) -> Result<Self> {
+        ensure_dir(fs.as_ref(), dir.root())?;
+        let lock = lock_dir(fs.as_ref(), &dir)?;
+        let stamp = Stamp::now(next_stable_sequence(fs.as_ref(), &dir));
+        let writer = ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp)?;
+        Ok(PersistSession {
+            fs,
+            dir,
+            writer: Some(writer),
+            committed: false,
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &TableDir {
+        &self.dir
+    }
+
+    /// Appends one chunk: the encoding of `rows` rows.
+    pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
+        let writer = self
+            .writer
+            .as_mut()
+            .ok_or(Error::without_path(Reason::Closed))?;
+        writer.append(raw, rows)
+    }
+
+    /// Finishes the tmp file and installs it as the stable file. On error the tmp file is
+    /// removed and the stable and backup files are as they were (or, if the error came from
+    /// the final directory fsync, the new file is installed but maybe not yet durable).
+    pub fn commit(&mut self) -> Result<()> {
+        let writer = self
+            .writer
+            .take()
+            .ok_or(Error::without_path(Reason::Closed))?;
+        let result = writer
+            .finish()
+            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir));
+        if result.is_err() {
+            remove_if_present(self.fs.as_ref(), &self.dir.tmp());
+        } else {
+            self.committed = true;
+        }
+        result
+    }
+
+    /// After a successful commit: copies the stable file to a new snapshot and deletes the
+    /// oldest snapshots until at most `max_snapshots` remain.
+    pub fn snapshot(
+        &mut self,
+        max_snapshots: usize,
+        new_id: &mut dyn FnMut() -> Result<SnapshotId>,
+    ) -> Result<SnapshotId> {
+        if !self.committed {
+            return Err(Error::without_path(Reason::Closed));
+        }
+        snapshot_stable(self.fs.as_ref(), &self.dir, max_snapshots, new_id)
+    }
+
+    /// Abandons an uncommitted persist: the tmp file is removed, nothing else changes.
+    pub fn abort(&mut self) {
+        if self.writer.take().is_some() {
+            remove_if_present(self.fs.as_ref(), &self.dir.tmp());
+        }
+    }
+}
+
+impl Drop for PersistSession {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// Which file a restore read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceKind {
+    Stable,
+    Backup,
+    /// A complete, verified tmp file left by a persist that was cut off after fsyncing it.
+    Tmp,
+}
+
+impl SourceKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SourceKind::Stable => "stable",
+            SourceKind::Backup => "backup",
+            SourceKind::Tmp => "tmp",
+        }
+    }
+}
+
+/// The verified file a restore reads, and the files that failed before it.
+pub struct RestoreSource {
+    pub file: TableFile,
+    pub kind: SourceKind,
+    pub failures: Vec<Error>,
+}
+
+/// Why nothing could be restored, and every file that failed.
+#[derive(Debug)]
+pub struct RestoreFailure {
+    /// `enoent` when neither the stable nor the backup file exists, else the failure of the
+    /// last existing file tried.
+    pub error: Error,
+    pub failures: Vec<Error>,
+}
+
+/// Finds the newest file that verifies completely: stable, then backup, then a complete tmp
+/// file. The returned file is rewound to its first chunk and stays open, so a concurrent
+/// persist renaming files does not change what is read.
+pub fn open_newest_valid(
+    fs: &dyn Fs,
+    dir: &TableDir,
+) -> std::result::Result<RestoreSource, RestoreFailure> {
+    let mut failures = Vec::new();
+    for (kind, path) in [
+        (SourceKind::Stable, dir.stable()),
+        (SourceKind::Backup, dir.backup()),
+    ] {
+        match open_verified(fs, &path) {
+            Ok(file) => {
+                return Ok(RestoreSource {
+                    file,
+                    kind,
+                    failures,
+                })
+            }
+            Err(e) if e.reason == Reason::Enoent => {}
+            Err(e) => failures.push(e),
+        }
+    }
+    // Only a file that verifies in full counts: a tmp file is written header-last.
+    if let Ok(file) = open_verified(fs, &dir.tmp()) {
+        return Ok(RestoreSource {
+            file,
+            kind: SourceKind::Tmp,
+            failures,
+        });
+    }
+    let error = failures
+        .last()
+        .cloned()
+        .unwrap_or_else(|| Error::new(Reason::Enoent, &dir.stable()));
+    Err(RestoreFailure { error, failures })
+}
+
+fn open_verified(fs: &dyn Fs, path: &Path) -> Result<TableFile> {
+    let mut file = TableFile::open(fs, path)?;
+    file.verify(false)?;
+    Ok(file)
+}
+
+/// A snapshot as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    pub id: SnapshotId,
+    /// From the snapshot's header; `None` for legacy or unreadable files, which are ordered
+    /// by modification time before all others.
+    pub sequence: Option<u64>,
+    /// Creation time from the header, else the file's modification time.
+    pub created_unix_us: i64,
+}
+
+/// Snapshots ordered oldest first. A missing snapshots directory gives an empty list.
+pub fn list_snapshots(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<SnapshotEntry>> {
+    let snapshots = dir.snapshots();
+    let names = match fs.read_dir(&snapshots) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&e, &snapshots)),
+    };
+    let mut entries = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(id) = name.to_str().and_then(|s| SnapshotId::parse(s).ok()) else {
+            continue;
+        };
+        let path = dir.snapshot(&id);
+        let header = TableFile::open(fs, &path).map(|f| *f.header());
+        let entry = match header {
+            Ok(FileHeader::Current(h)) => SnapshotEntry {
+                id,
+                sequence: Some(h.sequence),
+                created_unix_us: h.created_unix_us,
+            },
+            Ok(FileHeader::Legacy { .. }) | Err(_) => match fs.metadata(&path) {
+                Ok(meta) if !meta.is_dir => SnapshotEntry {
+                    id,
+                    sequence: None,
+                    created_unix_us: unix_us(meta.modified),
+                },
+                // Deleted meanwhile, or a directory with a snapshot's name.
+                _ => continue,
+            },
+        };
+        entries.push(entry);
+    }
+    entries.sort_by_key(|e| (e.sequence.is_some(), e.sequence, e.created_unix_us, e.id));
+    Ok(entries)
+}
+
+fn unix_us(t: std::time::SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
+
+/// Copies the stable file to `snapshots/<new id>` (tmp, fsync, rename, directory fsync) and
+/// applies retention. The caller holds the directory lock.
+fn snapshot_stable(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    max_snapshots: usize,
+    new_id: &mut dyn FnMut() -> Result<SnapshotId>,
+) -> Result<SnapshotId> {
+    let snapshots = dir.snapshots();
+    ensure_dir(fs, &snapshots)?;
+    remove_stale_snapshot_tmps(fs, &snapshots);
+    let existing = list_snapshots(fs, dir)?;
+    let sequence = existing
+        .iter()
+        .filter_map(|e| e.sequence)
+        .max()
+        .unwrap_or(0)
+        .saturating_add(1);
+    let id = loop {
+        let id = new_id()?;
+        let taken = existing.iter().any(|e| e.id == id) || fs.metadata(&dir.snapshot(&id)).is_ok();
+        if !taken {
+            break id;
+        }
+    };
+    let final_path = dir.snapshot(&id);
+    let tmp_path = snapshots.join(format!("{id}{SNAPSHOT_TMP_SUFFIX}"));
+    let copied = copy_file(fs, &dir.stable(), &tmp_path, Stamp::now(sequence))
+        .and_then(|()| {
+            fs.rename(&tmp_path, &final_path)
+                .map_err(|e| Error::io(&e, &tmp_path))
+        })
+        .and_then(|()| {
+            fs.sync_dir(&snapshots)
+                .map_err(|e| Error::io(&e, &snapshots))
+        });
+    if let Err(e) = copied {
+        remove_if_present(fs, &tmp_path);
+        return Err(e);
+    }
+    let mut all = existing;
+    all.push(SnapshotEntry {
+        id,
+        sequence: Some(sequence),
+        created_unix_us: 0,
+    });
+    apply_retention(fs, &snapshots, &all, max_snapshots)?;
+    Ok(id)
+}
+
+/// Deletes the oldest of `entries` (ordered oldest first) beyond `max_snapshots`.
+fn apply_retention(
+    fs: &dyn Fs,
+    snapshots: &Path,
+    entries: &[SnapshotEntry],
+    max_snapshots: usize,
+) -> Result<()> {
+    let excess = entries.len().saturating_sub(max_snapshots.max(1));
+    if excess == 0 {
+        return Ok(());
+    }
+    for entry in &entries[..excess] {
+        let path = snapshots.join(entry.id.as_str());
+        match fs.remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&e, &path)),
+        }
+    }
+    fs.sync_dir(snapshots).map_err(|e| Error::io(&e, snapshots))
+}
+
+/// Leftovers of snapshot copies cut off by a crash.
+fn remove_stale_snapshot_tmps(fs: &dyn Fs, snapshots: &Path) {
+    let Ok(names) = fs.read_dir(snapshots) else {
+        return;
+    };
+    for name in names {
+        if let Some(id) = name
+            .to_str()
+            .and_then(|s| s.strip_suffix(SNAPSHOT_TMP_SUFFIX))
+        {
+            if SnapshotId::parse(id).is_ok() {
+                remove_if_present(fs, &snapshots.join(&name));
+            }
+        }
+    }
+}
+
+/// Writes a checked copy of `src` at `dst` with a fresh stamp, and fsyncs it.
+fn copy_file(fs: &dyn Fs, src: &Path, dst: &Path, stamp: Stamp) -> Result<()> {
+    let mut source = TableFile::open(fs, src)?;
+    let mut out = fs.create(dst).map_err(|e| Error::io(&e, dst))?;
+    source.copy_to(out.as_mut(), dst, stamp)?;
+    out.sync().map_err(|e| Error::io(&e, dst))
+}
+
+/// Installs snapshot `id` as the stable file (the current stable file becomes the backup).
+/// Refuses a malformed id before touching the filesystem; a snapshot that does not verify
+/// leaves everything as it was.
+pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
+    let id = SnapshotId::parse(id)?;
+    let snapshot = dir.snapshot(&id);
+    match fs.metadata(&snapshot) {
+        Ok(meta) if !meta.is_dir => {}
+        Ok(_) => return Err(Error::new(Reason::Enoent, &snapshot)),
+        Err(e) => return Err(Error::io(&e, &snapshot)),
+    }
+    let _lock = lock_dir(fs, dir)?;
+    let stamp = Stamp::now(next_stable_sequence(fs, dir));
+    let tmp = dir.tmp();
+    let result =
+        copy_file(fs, &snapshot, &tmp, stamp).and_then(|()| install_tmp_as_stable(fs, dir));
+    if result.is_err() {
+        remove_if_present(fs, &tmp);
+    }
+    result
+}
