@@ -1,8 +1,298 @@
-//! Rustler glue for `PropertyTable.Persist.Native` (placeholder while the core is written).
+//! Rustler glue for `PropertyTable.Persist.Native`: converts terms, runs every call that
+//! touches files on a dirty I/O scheduler, and turns core errors into
+//! `{:error, reason_atom, path | nil}`. All logic lives in `ptable_core`.
 
-#[rustler::nif]
-fn nif_loaded() -> bool {
-    true
+use ptable_core::{
+    list_snapshots, open_newest_valid, restore_snapshot, Error, PersistSession, SnapshotId, StdFs,
+    TableDir, TableFile, WriteOptions,
+};
+use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+mod atoms {
+    rustler::atoms! {
+        ok,
+        error,
+        done,
+        nil,
+        closed,
+    }
+}
+
+/// A persist in progress (holds the table directory's lock until closed or collected).
+struct SessionResource(Mutex<Option<PersistSession>>);
+
+#[rustler::resource_impl]
+impl Resource for SessionResource {}
+
+/// A verified file being streamed back by a restore.
+struct ReaderResource(Mutex<Option<TableFile>>);
+
+#[rustler::resource_impl]
+impl Resource for ReaderResource {}
+
+fn path_from(bin: &Binary) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(bin.as_slice()))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(bin.as_slice()).into_owned())
+    }
+}
+
+fn path_term<'a>(env: Env<'a>, path: Option<&std::path::Path>) -> Term<'a> {
+    match path {
+        None => atoms::nil().encode(env),
+        Some(p) => {
+            #[cfg(unix)]
+            let bytes = {
+                use std::os::unix::ffi::OsStrExt;
+                p.as_os_str().as_bytes().to_vec()
+            };
+            #[cfg(not(unix))]
+            let bytes = p.to_string_lossy().into_owned().into_bytes();
+            binary_term(env, &bytes)
+        }
+    }
+}
+
+fn binary_term<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut out = rustler::NewBinary::new(env, bytes.len());
+    out.as_mut_slice().copy_from_slice(bytes);
+    Binary::from(out).to_term(env)
+}
+
+fn reason_atom<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
+    // Atom names come from a fixed set of static strings.
+    match Atom::from_str(env, e.reason.as_str()) {
+        Ok(a) => a.encode(env),
+        Err(_) => atoms::error().encode(env),
+    }
+}
+
+/// `{:error, reason, path}`
+fn error_term<'a>(env: Env<'a>, e: &Error) -> Term<'a> {
+    (
+        atoms::error(),
+        reason_atom(env, e),
+        path_term(env, e.path.as_deref()),
+    )
+        .encode(env)
+}
+
+/// `{reason, path}` for the files a restore skipped.
+fn failure_list<'a>(env: Env<'a>, failures: &[Error]) -> Term<'a> {
+    failures
+        .iter()
+        .map(|e| (reason_atom(env, e), path_term(env, e.path.as_deref())).encode(env))
+        .collect::<Vec<_>>()
+        .encode(env)
+}
+
+fn closed_error<'a>(env: Env<'a>) -> Term<'a> {
+    (atoms::error(), atoms::closed(), atoms::nil()).encode(env)
+}
+
+fn ok_or_error<'a>(env: Env<'a>, result: ptable_core::Result<()>) -> Term<'a> {
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
+/// another writer has it) and opens the tmp file.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_begin<'a>(env: Env<'a>, dir: Binary, level: u8, chunk_rows: u32) -> Term<'a> {
+    let options = WriteOptions { level, chunk_rows };
+    match PersistSession::begin(Arc::new(StdFs), TableDir::new(path_from(&dir)), options) {
+        Ok(session) => {
+            let resource = ResourceArc::new(SessionResource(Mutex::new(Some(session))));
+            (atoms::ok(), resource).encode(env)
+        }
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Runs `f` on the session, if it is still open.
+fn with_session<'a>(
+    env: Env<'a>,
+    session: &ResourceArc<SessionResource>,
+    f: impl FnOnce(&mut PersistSession) -> Term<'a>,
+) -> Term<'a> {
+    let mut guard = match session.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match guard.as_mut() {
+        Some(s) => f(s),
+        None => closed_error(env),
+    }
+}
+
+/// Compresses and appends one chunk (the external term format of `rows` rows).
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_append<'a>(
+    env: Env<'a>,
+    session: ResourceArc<SessionResource>,
+    chunk: Binary,
+    rows: u64,
+) -> Term<'a> {
+    with_session(env, &session, |s| {
+        ok_or_error(env, s.append(chunk.as_slice(), rows))
+    })
+}
+
+/// Finishes the file and installs it as the stable file.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_commit<'a>(env: Env<'a>, session: ResourceArc<SessionResource>) -> Term<'a> {
+    with_session(env, &session, |s| ok_or_error(env, s.commit()))
+}
+
+/// After a commit: copies the stable file to a new snapshot, applies retention.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_snapshot<'a>(
+    env: Env<'a>,
+    session: ResourceArc<SessionResource>,
+    max_snapshots: usize,
+) -> Term<'a> {
+    with_session(env, &session, |s| {
+        match s.snapshot(max_snapshots, &mut SnapshotId::random) {
+            Ok(id) => (atoms::ok(), binary_term(env, id.as_str().as_bytes())).encode(env),
+            Err(e) => error_term(env, &e),
+        }
+    })
+}
+
+/// Ends the session: an uncommitted tmp file is removed and the lock released.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
+    let mut guard = match session.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    drop(guard.take());
+    atoms::ok()
+}
+
+/// Opens the newest file of `dir` that verifies completely.
+/// `{:ok, reader, kind, path, failures}` or `{:error, reason, path, failures}`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn restore_open<'a>(env: Env<'a>, dir: Binary) -> Term<'a> {
+    match open_newest_valid(&StdFs, &TableDir::new(path_from(&dir))) {
+        Ok(source) => {
+            let path = path_term(env, Some(source.file.path()));
+            let kind = Atom::from_str(env, source.kind.as_str())
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| atoms::nil().encode(env));
+            let failures = failure_list(env, &source.failures);
+            let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(source.file))));
+            (atoms::ok(), reader, kind, path, failures).encode(env)
+        }
+        Err(failure) => (
+            atoms::error(),
+            reason_atom(env, &failure.error),
+            path_term(env, failure.error.path.as_deref()),
+            failure_list(env, &failure.failures),
+        )
+            .encode(env),
+    }
+}
+
+/// A chunk decompressed straight into a binary the VM will own.
+struct ChunkBinary(OwnedBinary);
+
+impl AsMut<[u8]> for ChunkBinary {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.as_mut_slice()
+    }
+}
+
+/// The next chunk: `{:ok, binary, rows | nil}`, `:done`, or an error.
+#[rustler::nif(schedule = "DirtyIo")]
+fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
+    let mut guard = match reader.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let Some(file) = guard.as_mut() else {
+        return closed_error(env);
+    };
+    match file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n)))) {
+        Ok(Some(chunk)) => {
+            let rows = match chunk.rows {
+                Some(n) => n.encode(env),
+                None => atoms::nil().encode(env),
+            };
+            (atoms::ok(), chunk.data.0.release(env), rows).encode(env)
+        }
+        Ok(None) => atoms::done().encode(env),
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Goes back to the first chunk (for a checking pass before the real one).
+#[rustler::nif(schedule = "DirtyIo")]
+fn restore_rewind<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
+    let mut guard = match reader.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match guard.as_mut() {
+        Some(file) => ok_or_error(env, file.rewind()),
+        None => closed_error(env),
+    }
+}
+
+/// Closes the file early (it is also closed when the reader is collected).
+#[rustler::nif(schedule = "DirtyIo")]
+fn restore_close(reader: ResourceArc<ReaderResource>) -> Atom {
+    let mut guard = match reader.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    drop(guard.take());
+    atoms::ok()
+}
+
+/// `{:ok, [{id, sequence | nil, created_unix_us}]}` oldest first, or an error.
+#[rustler::nif(schedule = "DirtyIo")]
+fn snapshot_list<'a>(env: Env<'a>, dir: Binary) -> Term<'a> {
+    match list_snapshots(&StdFs, &TableDir::new(path_from(&dir))) {
+        Ok(entries) => {
+            let list: Vec<Term<'a>> = entries
+                .iter()
+                .map(|e| {
+                    let seq = match e.sequence {
+                        Some(s) => s.encode(env),
+                        None => atoms::nil().encode(env),
+                    };
+                    (
+                        binary_term(env, e.id.as_str().as_bytes()),
+                        seq,
+                        e.created_unix_us,
+                    )
+                        .encode(env)
+                })
+                .collect();
+            (atoms::ok(), list).encode(env)
+        }
+        Err(e) => error_term(env, &e),
+    }
+}
+
+/// Installs snapshot `id` as the stable file.
+#[rustler::nif(schedule = "DirtyIo")]
+fn snapshot_restore<'a>(env: Env<'a>, dir: Binary, id: Binary) -> Term<'a> {
+    let id = std::str::from_utf8(id.as_slice()).unwrap_or("");
+    ok_or_error(
+        env,
+        restore_snapshot(&StdFs, &TableDir::new(path_from(&dir)), id),
+    )
 }
 
 rustler::init!("Elixir.PropertyTable.Persist.Native");

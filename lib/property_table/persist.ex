@@ -1,0 +1,543 @@
+defmodule PropertyTable.Persist do
+  @moduledoc """
+  Crash-safe persistence of a property table: an ETS table of
+  `{property, value, timestamp}` rows.
+
+  The API mirrors `PropertyTable.Persist` of property_table 0.2.3. All file work is done in
+  Rust (a NIF running on dirty schedulers); this module extracts rows from ETS in chunks,
+  validates options, and inserts restored rows.
+
+  ## Files
+
+  Under `<data_directory>/<table_name>/`:
+
+    * `data.ptable` - the stable file
+    * `data.ptable.backup` - the previous stable file
+    * `data.ptable.tmp` - a file being written
+    * `data.ptable.lock` - the writers' lock
+    * `snapshots/<ID>` - snapshots (ID: 16 uppercase hexadecimal characters)
+
+  The format is documented byte by byte in `FORMAT.md`. Files written by property_table
+  itself (format version 1) are read too.
+
+  ## Guarantees
+
+  A persist writes the new file completely, fsyncs it, keeps the previous stable file as the
+  backup, renames the new file into place and fsyncs the directory. A power cut at any
+  moment leaves a complete file holding the old or the new contents, and
+  `restore_from_disk/2` loads the newest file that verifies (every chunk is checksummed).
+
+  ## Options
+
+    * `:data_directory` - where table directories live. Default `"/tmp/property_table"`.
+    * `:table_name` - the table's sub-directory (a string or atom). Defaults to the table's
+      name when the table is an atom; required when it is a reference.
+    * `:max_snapshots` - snapshots kept by `save_snapshot/2`. Default `25`.
+    * `:compression` - `0` (none) to `9` (smallest files). Default `6`.
+    * `:chunk_size` - rows encoded, compressed and written at a time. Default `1000`.
+    * `:lock_timeout` - milliseconds to wait for another writer of the same directory
+      (another process or OS process), or `:infinity`. Default `60_000`.
+    * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
+      files that would create atoms. Default `false`.
+
+  Unknown keys are ignored. A known key with a bad value raises `ArgumentError` and touches
+  nothing on disk.
+
+  ## Errors
+
+  The non-bang functions log the reason (Logger, error level) and return `:error` or
+  `{:error, reason}`; the bang functions raise `PropertyTable.Persist.Error`. Reasons:
+  `:enoent` (nothing to restore), `:bad_checksum` and `:bad_file` (corrupt files),
+  `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, and POSIX errors
+  such as `:eacces`, `:enospc` or `:enotdir`.
+  """
+
+  require Logger
+
+  alias PropertyTable.Persist.{Error, Native, Options}
+
+  @typedoc "An ETS table: its name or its reference."
+  @type table :: atom() | reference()
+
+  @typedoc "A snapshot's creation time in UTC, as `File.stat/1` reports times."
+  @type datetime :: {{pos_integer(), 1..12, 1..31}, {0..23, 0..59, 0..59}}
+
+  # Rows that are not {property, value, timestamp} select to this atom, which no
+  # {property, value} pair can equal.
+  @bad_row :__property_table_persist_bad_row__
+  @row_spec [{{:"$1", :"$2", :_}, [], [{{:"$1", :"$2"}}]}, {:_, [], [@bad_row]}]
+
+  @doc """
+  Writes the whole table to disk.
+
+  The previous stable file becomes the backup. Returns `:error` (after logging the reason)
+  when the table does not exist, holds a row that is not a 3-tuple, or the file cannot be
+  written; the files on disk are then as they were.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_persist")
+      iex> table = :ets.new(:doc_persist, [:set, :public])
+      iex> :ets.insert(table, {["net", "wlan0", "state"], :up, System.monotonic_time()})
+      true
+      iex> PropertyTable.Persist.persist_to_disk(table, data_directory: dir, table_name: "doc")
+      :ok
+      iex> File.exists?(Path.join([dir, "doc", "data.ptable"]))
+      true
+  """
+  @spec persist_to_disk(table(), keyword()) :: :ok | :error
+  def persist_to_disk(table, options \\ []) do
+    opts = Options.validate!(table, options)
+
+    case write_table(table, opts, :persist_to_disk, fn _session -> :ok end) do
+      :ok -> :ok
+      {:error, error} -> log_and_return(error, :error)
+    end
+  end
+
+  @doc """
+  Like `persist_to_disk/2`, but raises `PropertyTable.Persist.Error` on failure.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_persist_bang")
+      iex> table = :ets.new(:doc_persist_bang, [:set, :public])
+      iex> PropertyTable.Persist.persist_to_disk!(table, data_directory: dir, table_name: "doc")
+      :ok
+  """
+  @spec persist_to_disk!(table(), keyword()) :: :ok
+  def persist_to_disk!(table, options \\ []) do
+    opts = Options.validate!(table, options)
+    table |> write_table(opts, :persist_to_disk, fn _session -> :ok end) |> unwrap!()
+  end
+
+  @doc """
+  Loads the newest valid file into the table.
+
+  Tries the stable file, then the backup (and a complete temporary file left by a persist
+  that was cut off), logging a warning for each file that does not verify. When `table` is
+  an atom and no such table exists, a named public `:set` table is created. An existing
+  table's contents are replaced. Every row gets the same `System.monotonic_time/0`
+  timestamp. On failure the table is left untouched (and none is created).
+
+  Returns `{:error, :enoent}` when there is nothing to restore, `{:error, :bad_checksum}` or
+  `{:error, :bad_file}` when files exist but none verifies (logged as data loss), or a POSIX
+  reason for I/O errors.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_restore")
+      iex> table = :ets.new(:doc_restore_source, [:set, :public])
+      iex> :ets.insert(table, {["sensor", "temp"], 21.5, System.monotonic_time()})
+      true
+      iex> :ok = PropertyTable.Persist.persist_to_disk(table, data_directory: dir, table_name: "doc")
+      iex> :ok = PropertyTable.Persist.restore_from_disk(:doc_restored, data_directory: dir, table_name: "doc")
+      iex> [{["sensor", "temp"], 21.5, _timestamp}] = :ets.tab2list(:doc_restored)
+  """
+  @spec restore_from_disk(table(), keyword()) :: :ok | {:error, atom()}
+  def restore_from_disk(table, options \\ []) do
+    opts = Options.validate!(table, options)
+
+    case restore_table(table, opts) do
+      :ok -> :ok
+      {:error, error} -> log_and_return(error, {:error, error.reason})
+    end
+  end
+
+  @doc """
+  Like `restore_from_disk/2`, but raises `PropertyTable.Persist.Error` on failure.
+
+  ## Examples
+
+      iex> PropertyTable.Persist.restore_from_disk!(:doc_nothing_there, data_directory: "/nonexistent")
+      ** (PropertyTable.Persist.Error) restore_from_disk failed: no such file (nothing persisted yet?) (/nonexistent/doc_nothing_there/data.ptable)
+  """
+  @spec restore_from_disk!(table(), keyword()) :: :ok
+  def restore_from_disk!(table, options \\ []) do
+    opts = Options.validate!(table, options)
+    table |> restore_table(opts) |> unwrap!()
+  end
+
+  @doc """
+  Persists the table, then copies the stable file to a new snapshot and deletes the oldest
+  snapshots beyond `:max_snapshots`. Returns `{:ok, id}`.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_snapshot")
+      iex> table = :ets.new(:doc_snapshot, [:set, :public])
+      iex> {:ok, id} = PropertyTable.Persist.save_snapshot(table, data_directory: dir, table_name: "doc")
+      iex> String.match?(id, ~r/\\A[0-9A-F]{16}\\z/)
+      true
+  """
+  @spec save_snapshot(table(), keyword()) :: {:ok, String.t()} | :error
+  def save_snapshot(table, options \\ []) do
+    opts = Options.validate!(table, options)
+
+    case write_table(table, opts, :save_snapshot, &take_snapshot(&1, opts)) do
+      {:ok, id} -> {:ok, id}
+      {:error, error} -> log_and_return(error, :error)
+    end
+  end
+
+  @doc """
+  Like `save_snapshot/2`, but returns the id itself and raises
+  `PropertyTable.Persist.Error` on failure.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_snapshot_bang")
+      iex> table = :ets.new(:doc_snapshot_bang, [:set, :public])
+      iex> id = PropertyTable.Persist.save_snapshot!(table, data_directory: dir, table_name: "doc")
+      iex> byte_size(id)
+      16
+  """
+  @spec save_snapshot!(table(), keyword()) :: String.t()
+  def save_snapshot!(table, options \\ []) do
+    opts = Options.validate!(table, options)
+    table |> write_table(opts, :save_snapshot, &take_snapshot(&1, opts)) |> unwrap!()
+  end
+
+  @doc """
+  Lists the table's snapshots, oldest first, with their creation time (UTC).
+
+  Needs `:table_name`. Snapshots made in the same second come back in the order they were
+  made. Returns `[]` when there are none; raises `PropertyTable.Persist.Error` when the
+  snapshots directory cannot be read.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_list_#{System.unique_integer([:positive])}")
+      iex> PropertyTable.Persist.get_snapshot_list(data_directory: dir, table_name: "doc")
+      []
+      iex> table = :ets.new(:doc_list, [:set, :public])
+      iex> first = PropertyTable.Persist.save_snapshot!(table, data_directory: dir, table_name: "doc")
+      iex> second = PropertyTable.Persist.save_snapshot!(table, data_directory: dir, table_name: "doc")
+      iex> [{^first, {{_, _, _}, {_, _, _}}}, {^second, _}] =
+      ...>   PropertyTable.Persist.get_snapshot_list(data_directory: dir, table_name: "doc")
+  """
+  @spec get_snapshot_list(keyword()) :: [{String.t(), datetime()}]
+  def get_snapshot_list(options \\ []) do
+    opts = Options.validate!(nil, options)
+
+    case Native.snapshot_list(opts.table_dir) do
+      {:ok, entries} ->
+        for {id, _sequence, created_us} <- entries, do: {id, utc_datetime(created_us)}
+
+      {:error, reason, path} ->
+        raise error(reason, path, :get_snapshot_list)
+    end
+  end
+
+  @doc """
+  Installs snapshot `id` as the stable file (the current stable file becomes the backup).
+
+  Needs `:table_name`. It does not touch any ETS table: call `restore_from_disk/2` next to
+  load it. Returns `{:error, :invalid_snapshot_id}` for an id that is not 16 uppercase
+  hexadecimal characters (without touching the filesystem), `{:error, :enoent}` for an
+  unknown id, and `{:error, :bad_checksum}` or `{:error, :bad_file}` for a corrupt snapshot,
+  leaving the stable file as it was.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_restore_snapshot")
+      iex> PropertyTable.Persist.restore_snapshot([data_directory: dir, table_name: "doc"], "../../etc/passwd")
+      {:error, :invalid_snapshot_id}
+  """
+  @spec restore_snapshot(keyword(), String.t()) :: :ok | {:error, atom()}
+  def restore_snapshot(options, id) do
+    opts = Options.validate!(nil, options)
+
+    case install_snapshot(opts, id) do
+      :ok -> :ok
+      {:error, error} -> log_and_return(error, {:error, error.reason})
+    end
+  end
+
+  @doc """
+  Like `restore_snapshot/2`, but raises `PropertyTable.Persist.Error` on failure.
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_restore_snapshot_bang")
+      iex> table = :ets.new(:doc_restore_snapshot_bang, [:set, :public])
+      iex> id = PropertyTable.Persist.save_snapshot!(table, data_directory: dir, table_name: "doc")
+      iex> PropertyTable.Persist.restore_snapshot!([data_directory: dir, table_name: "doc"], id)
+      :ok
+  """
+  @spec restore_snapshot!(keyword(), String.t()) :: :ok
+  def restore_snapshot!(options, id) do
+    opts = Options.validate!(nil, options)
+    opts |> install_snapshot(id) |> unwrap!()
+  end
+
+  ## Persist
+
+  # Streams the table into a new file under the directory lock, commits it, then runs
+  # `after_commit` (a snapshot) while still holding the lock.
+  defp write_table(table, opts, operation, after_commit) do
+    with :ok <- check_table_exists(table, operation),
+         {:ok, session} <-
+           locked(opts, operation, &Native.persist_begin(&1, opts.compression, opts.chunk_size)) do
+      try do
+        with :ok <- stream_table(table, session, opts, operation),
+             :ok <- native(Native.persist_commit(session), operation) do
+          after_commit.(session)
+        end
+      after
+        Native.persist_close(session)
+      end
+    end
+  end
+
+  defp take_snapshot(session, opts) do
+    native(Native.persist_snapshot(session, opts.max_snapshots), :save_snapshot)
+  end
+
+  defp check_table_exists(table, operation) do
+    if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, operation)}
+  end
+
+  defp table_exists?(table) do
+    :ets.info(table, :size) != :undefined
+  rescue
+    ArgumentError -> false
+  end
+
+  # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
+  # other processes write), encodes each chunk and hands it to the writer.
+  defp stream_table(table, session, opts, operation) do
+    fixed = fix_table(table, true)
+
+    try do
+      table
+      |> :ets.select(@row_spec, opts.chunk_size)
+      |> stream_chunks(session, operation)
+    rescue
+      ArgumentError -> {:error, error(:no_table, nil, operation)}
+    after
+      if fixed, do: fix_table(table, false)
+    end
+  end
+
+  defp stream_chunks(:"$end_of_table", _session, _operation), do: :ok
+
+  defp stream_chunks({pairs, continuation}, session, operation) do
+    if :lists.member(@bad_row, pairs) do
+      {:error, error(:bad_row, nil, operation)}
+    else
+      chunk = :erlang.term_to_binary(pairs)
+
+      case native(Native.persist_append(session, chunk, length(pairs)), operation) do
+        :ok -> continuation |> :ets.select() |> stream_chunks(session, operation)
+        error -> error
+      end
+    end
+  end
+
+  defp fix_table(table, fix?) do
+    :ets.safe_fixtable(table, fix?)
+  rescue
+    ArgumentError -> false
+  end
+
+  ## Restore
+
+  defp restore_table(table, opts) do
+    with :ok <- check_restore_target(table) do
+      case Native.restore_open(opts.table_dir) do
+        {:ok, reader, kind, path, failures} ->
+          warn_failures(failures)
+
+          if kind != :stable,
+            do: Logger.warning("PropertyTable.Persist: restoring from #{kind} file #{path}")
+
+          try do
+            load_verified(table, reader, path, opts)
+          after
+            Native.restore_close(reader)
+          end
+
+        {:error, reason, path, failures} ->
+          warn_failures(failures)
+          {:error, error(reason, path, :restore_from_disk)}
+      end
+    end
+  end
+
+  defp check_restore_target(table) when is_atom(table), do: :ok
+
+  defp check_restore_target(table) do
+    if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, :restore_from_disk)}
+  end
+
+  # The file has verified completely (every checksum) before this runs. With `safe: true`,
+  # a first pass decodes every chunk so that a file needing unknown atoms is refused before
+  # the table is touched.
+  defp load_verified(table, reader, path, opts) do
+    with :ok <- if(opts.safe, do: check_decodes(reader, path), else: :ok) do
+      {target, created?} = prepare_target(table)
+      timestamp = System.monotonic_time()
+
+      case insert_chunks(target, reader, path, timestamp, opts.safe) do
+        :ok ->
+          :ok
+
+        {:error, _} = error ->
+          if created?, do: :ets.delete(target)
+          error
+      end
+    end
+  end
+
+  defp check_decodes(reader, path) do
+    result =
+      each_chunk(reader, path, fn bin, rows ->
+        with {:ok, _} <- decode_chunk(bin, rows, path, true, 0), do: :ok
+      end)
+
+    with :ok <- result, do: native(Native.restore_rewind(reader), :restore_from_disk)
+  end
+
+  defp prepare_target(table) when is_atom(table) do
+    if table_exists?(table) do
+      :ets.delete_all_objects(table)
+      {table, false}
+    else
+      {:ets.new(table, [:named_table, :public, :set]), true}
+    end
+  end
+
+  defp prepare_target(table) do
+    :ets.delete_all_objects(table)
+    {table, false}
+  end
+
+  defp insert_chunks(table, reader, path, timestamp, safe?) do
+    each_chunk(reader, path, fn bin, rows ->
+      with {:ok, rows} <- decode_chunk(bin, rows, path, safe?, timestamp) do
+        :ets.insert(table, rows)
+        :ok
+      end
+    end)
+  end
+
+  defp each_chunk(reader, path, fun) do
+    case Native.restore_next(reader) do
+      :done ->
+        :ok
+
+      {:ok, bin, rows} ->
+        with :ok <- fun.(bin, rows), do: each_chunk(reader, path, fun)
+
+      {:error, reason, error_path} ->
+        {:error, error(reason, error_path || path, :restore_from_disk)}
+    end
+  end
+
+  # A chunk is the external term format of a list of {property, value} pairs.
+  defp decode_chunk(bin, expected_rows, path, safe?, timestamp) do
+    pairs = :erlang.binary_to_term(bin, if(safe?, do: [:safe], else: []))
+
+    case to_rows(pairs, timestamp, []) do
+      {:ok, rows} when expected_rows == nil or length(rows) == expected_rows -> {:ok, rows}
+      _ -> {:error, error(:bad_file, path, :restore_from_disk)}
+    end
+  rescue
+    ArgumentError ->
+      reason = if safe? and decodes_unsafely?(bin), do: :unsafe_term, else: :bad_file
+      {:error, error(reason, path, :restore_from_disk)}
+  end
+
+  defp decodes_unsafely?(bin) do
+    _ = :erlang.binary_to_term(bin)
+    true
+  rescue
+    ArgumentError -> false
+  end
+
+  defp to_rows([{property, value} | rest], ts, acc),
+    do: to_rows(rest, ts, [{property, value, ts} | acc])
+
+  defp to_rows([], _ts, acc), do: {:ok, acc}
+  defp to_rows(_other, _ts, _acc), do: :error
+
+  defp warn_failures(failures) do
+    for {reason, path} <- failures do
+      Logger.warning("PropertyTable.Persist: skipping #{path}: #{Error.describe(reason)}")
+    end
+  end
+
+  ## Snapshots
+
+  defp install_snapshot(opts, id) when is_binary(id) do
+    locked(opts, :restore_snapshot, &Native.snapshot_restore(&1, id))
+  end
+
+  defp install_snapshot(_opts, _id),
+    do: {:error, error(:invalid_snapshot_id, nil, :restore_snapshot)}
+
+  defp utc_datetime(unix_us) do
+    :calendar.system_time_to_universal_time(max(unix_us, 0), :microsecond)
+  end
+
+  ## Shared
+
+  # Runs a NIF call that takes the directory lock, retrying with jittered backoff while
+  # another writer (process or OS process) holds it.
+  defp locked(opts, operation, call) do
+    deadline =
+      case opts.lock_timeout do
+        :infinity -> :infinity
+        ms -> System.monotonic_time(:millisecond) + ms
+      end
+
+    retry_locked(opts.table_dir, operation, call, deadline, 1)
+  end
+
+  defp retry_locked(dir, operation, call, deadline, backoff) do
+    case call.(dir) do
+      {:error, :busy, path} ->
+        if deadline != :infinity and System.monotonic_time(:millisecond) >= deadline do
+          {:error, error(:busy, path, operation)}
+        else
+          Process.sleep(backoff + :rand.uniform(backoff))
+          retry_locked(dir, operation, call, deadline, min(backoff * 2, 32))
+        end
+
+      other ->
+        native(other, operation)
+    end
+  end
+
+  defp native(:ok, _operation), do: :ok
+  defp native({:ok, value}, _operation), do: {:ok, value}
+  defp native({:error, reason, path}, operation), do: {:error, error(reason, path, operation)}
+
+  defp error(reason, path, operation),
+    do: %Error{reason: reason, path: path, operation: operation}
+
+  defp unwrap!(:ok), do: :ok
+  defp unwrap!({:ok, value}), do: value
+  defp unwrap!({:error, %Error{} = error}), do: raise(error)
+
+  defp log_and_return(%Error{reason: :enoent} = error, result)
+       when error.operation == :restore_from_disk do
+    Logger.warning("PropertyTable.Persist: nothing to restore: #{Exception.message(error)}")
+    result
+  end
+
+  defp log_and_return(%Error{reason: reason} = error, result)
+       when reason in [:bad_checksum, :bad_file] and error.operation == :restore_from_disk do
+    Logger.error(
+      "PropertyTable.Persist: data loss, no file could be restored: #{Exception.message(error)}"
+    )
+
+    result
+  end
+
+  defp log_and_return(error, result) do
+    Logger.error("PropertyTable.Persist: #{Exception.message(error)}")
+    result
+  end
+end

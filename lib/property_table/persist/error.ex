@@ -1,0 +1,49 @@
+defmodule PropertyTable.Persist.Error do
+  @moduledoc """
+  Raised by the bang functions of `PropertyTable.Persist` (and by
+  `PropertyTable.Persist.get_snapshot_list/1` when the snapshots directory cannot be read).
+
+  Fields:
+
+    * `:reason` - an atom: `:enoent`, `:bad_checksum`, `:bad_file`, `:invalid_snapshot_id`,
+      `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, or a POSIX error such as `:eacces`,
+      `:enospc`, `:erofs`, `:enotdir`, `:eio`.
+    * `:path` - the file or directory concerned, or `nil`.
+    * `:operation` - the function that failed, e.g. `:persist_to_disk`.
+  """
+
+  defexception [:reason, :path, :operation]
+
+  @type t :: %__MODULE__{reason: atom(), path: String.t() | nil, operation: atom() | nil}
+
+  @impl true
+  def message(%__MODULE__{reason: reason, path: path, operation: operation}) do
+    prefix = if operation, do: "#{operation} failed: ", else: ""
+    where = if path, do: " (#{path})", else: ""
+    "#{prefix}#{describe(reason)}#{where}"
+  end
+
+  @doc false
+  @spec describe(atom()) :: String.t()
+  def describe(:enoent), do: "no such file (nothing persisted yet?)"
+  def describe(:bad_checksum), do: "checksum mismatch: the file is corrupt"
+  def describe(:bad_file), do: "not a valid property table file (truncated or damaged)"
+
+  def describe(:invalid_snapshot_id),
+    do: "invalid snapshot id (expected 16 uppercase hexadecimal characters)"
+
+  def describe(:no_table), do: "the ETS table does not exist or is not accessible"
+  def describe(:bad_row), do: "the table holds a row that is not {property, value, timestamp}"
+
+  def describe(:unsafe_term),
+    do: "the file needs atoms that do not exist (refused because of safe: true)"
+
+  def describe(:busy), do: "another writer holds the table directory's lock"
+
+  def describe(reason) when is_atom(reason) do
+    case :file.format_error(reason) do
+      ~c"unknown POSIX error" ++ _ -> Atom.to_string(reason)
+      text -> "#{reason}: #{text}"
+    end
+  end
+end

@@ -1,0 +1,34 @@
+defmodule PropertyTable.Persist.Native do
+  @moduledoc false
+  # NIF stubs, replaced by native/ptable_nif when the library loads. Every function that
+  # touches files runs on a dirty I/O scheduler. Errors come back as
+  # `{:error, reason_atom, path | nil}`.
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    case :code.priv_dir(:property_table_persist) do
+      {:error, reason} ->
+        {:error, {:no_priv_dir, reason}}
+
+      priv ->
+        priv
+        |> Path.join("native/libptable_nif")
+        |> String.to_charlist()
+        |> :erlang.load_nif(0)
+    end
+  end
+
+  def persist_begin(_dir, _level, _chunk_rows), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_append(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_commit(_session), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_close(_session), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_open(_dir), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_next(_reader), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_rewind(_reader), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_close(_reader), do: :erlang.nif_error(:nif_not_loaded)
+  def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
+  def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)
+end
