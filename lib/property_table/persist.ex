@@ -38,7 +38,10 @@ defmodule PropertyTable.Persist do
     * `:lock_timeout` - milliseconds to wait for another writer of the same directory
       (another process or OS process), or `:infinity`. Default `60_000`.
     * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
-      files that would create atoms. Default `false`.
+      files that would create atoms (`{:error, :unsafe_term}`). Default `false`.
+    * `:max_quarantined` - corrupt files kept aside as `<name>.corrupt-<UTC time>` when a
+      restore (or a persist) finds that the stable or backup file does not verify; the
+      oldest beyond this number are deleted. Default `5`.
 
   Unknown keys are ignored. A known key with a bad value raises `ArgumentError` and touches
   nothing on disk.
@@ -271,6 +274,65 @@ defmodule PropertyTable.Persist do
     opts |> install_snapshot(id) |> unwrap!()
   end
 
+  @doc """
+  Describes every file of the table directory: stable, backup, tmp, quarantined files and
+  snapshots (oldest first).
+
+  Reads headers and checksums only; never loads rows into a table, and works on files
+  written by property_table (format version 1). Needs `:table_name`. With `verify: false`
+  only headers are checked. Raises `PropertyTable.Persist.Error` when the directory cannot
+  be read (`:enoent` when it does not exist).
+
+  Each entry is a map with `:path`, `:kind` (`:stable`, `:backup`, `:tmp`, `:quarantined`
+  or `:snapshot`), `:format_version` (`1`, `2` or `nil` when unreadable), `:created` (UTC
+  datetime from the header, `nil` when unknown), `:sequence`, `:rows`, `:size` (bytes on
+  disk), `:modified` (UTC datetime of the file), `:compression` (the level it was written
+  with) and `:status` (`:ok` or the reason it fails to verify).
+
+  ## Examples
+
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_inspect")
+      iex> table = :ets.new(:doc_inspect, [:set, :public])
+      iex> :ets.insert(table, {["a"], 1, 0})
+      true
+      iex> :ok = PropertyTable.Persist.persist_to_disk(table, data_directory: dir, table_name: "doc")
+      iex> [stable] = PropertyTable.Persist.inspect_files(data_directory: dir, table_name: "doc")
+      iex> {stable.kind, stable.format_version, stable.rows, stable.status}
+      {:stable, 2, 1, :ok}
+  """
+  @spec inspect_files(keyword(), keyword()) :: [map()]
+  def inspect_files(options, inspect_options \\ []) do
+    opts = Options.validate!(nil, options)
+    verify? = Keyword.get(inspect_options, :verify, true)
+
+    unless is_boolean(verify?) do
+      raise ArgumentError,
+            "invalid value for option :verify: #{inspect(verify?)} (must be true or false)"
+    end
+
+    case Native.inspect(opts.table_dir, verify?) do
+      {:ok, files} -> Enum.map(files, &file_report/1)
+      {:error, reason, path} -> raise error(reason, path, :inspect_files)
+    end
+  end
+
+  defp file_report(
+         {path, kind, size, mtime_us, version, created_us, sequence, rows, level, status}
+       ) do
+    %{
+      path: path,
+      kind: kind,
+      format_version: version,
+      created: created_us && utc_datetime(created_us),
+      sequence: sequence,
+      rows: rows,
+      size: size,
+      modified: utc_datetime(mtime_us),
+      compression: level,
+      status: status
+    }
+  end
+
   ## Persist
 
   # Streams the table into a new file under the directory lock, commits it, then runs
@@ -345,9 +407,10 @@ defmodule PropertyTable.Persist do
 
   defp restore_table(table, opts) do
     with :ok <- check_restore_target(table) do
-      case Native.restore_open(opts.table_dir) do
-        {:ok, reader, kind, path, failures} ->
+      case Native.restore_open(opts.table_dir, opts.max_quarantined) do
+        {:ok, reader, kind, path, failures, quarantined} ->
           warn_failures(failures)
+          log_quarantined(quarantined)
 
           if kind != :stable,
             do: Logger.warning("PropertyTable.Persist: restoring from #{kind} file #{path}")
@@ -358,8 +421,9 @@ defmodule PropertyTable.Persist do
             Native.restore_close(reader)
           end
 
-        {:error, reason, path, failures} ->
+        {:error, reason, path, failures, quarantined} ->
           warn_failures(failures)
+          log_quarantined(quarantined)
           {:error, error(reason, path, :restore_from_disk)}
       end
     end
@@ -465,6 +529,12 @@ defmodule PropertyTable.Persist do
   defp warn_failures(failures) do
     for {reason, path} <- failures do
       Logger.warning("PropertyTable.Persist: skipping #{path}: #{Error.describe(reason)}")
+    end
+  end
+
+  defp log_quarantined(paths) do
+    for path <- paths do
+      Logger.error("PropertyTable.Persist: moved corrupt file aside to #{path}")
     end
   end
 

@@ -25,10 +25,11 @@ defmodule PropertyTable.Persist.Native do
   def persist_commit(_session), do: :erlang.nif_error(:nif_not_loaded)
   def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)
   def persist_close(_session), do: :erlang.nif_error(:nif_not_loaded)
-  def restore_open(_dir), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_open(_dir, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
   def restore_next(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def restore_rewind(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def restore_close(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)
+  def inspect(_dir, _verify), do: :erlang.nif_error(:nif_not_loaded)
 end

@@ -10,7 +10,8 @@ defmodule PropertyTable.Persist.Options do
     compression: 6,
     chunk_size: 1000,
     lock_timeout: 60_000,
-    safe: false
+    safe: false,
+    max_quarantined: 5
   ]
 
   defstruct [:table_dir | Keyword.keys(@defaults) ++ [:table_name]]
@@ -23,7 +24,8 @@ defmodule PropertyTable.Persist.Options do
           compression: 0..9,
           chunk_size: pos_integer(),
           lock_timeout: non_neg_integer() | :infinity,
-          safe: boolean()
+          safe: boolean(),
+          max_quarantined: pos_integer()
         }
 
   @doc false
@@ -53,7 +55,8 @@ defmodule PropertyTable.Persist.Options do
       compression: compression!(values[:compression]),
       chunk_size: pos_integer!(:chunk_size, values[:chunk_size]),
       lock_timeout: lock_timeout!(values[:lock_timeout]),
-      safe: boolean!(:safe, values[:safe])
+      safe: boolean!(:safe, values[:safe]),
+      max_quarantined: pos_integer!(:max_quarantined, values[:max_quarantined])
     }
 
     %{opts | table_dir: Path.join(opts.data_directory, opts.table_name)}

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod error;
 pub mod format;
 pub mod fs;
+pub mod inspect;
 pub mod reader;
 pub mod snapshot_id;
 pub mod table_dir;
@@ -16,6 +17,7 @@ pub mod writer;
 
 pub use error::{Error, Reason, Result};
 pub use fs::{Fs, StdFs};
+pub use inspect::{inspect_dir, FileReport, FileRole};
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
 pub use table_dir::{

@@ -113,23 +113,100 @@ fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir) -> u64 {
     newest.saturating_add(1)
 }
 
-/// True when `path` exists and every checksum in it matches.
-fn verifies(fs: &dyn Fs, path: &Path) -> bool {
-    TableFile::open(fs, path)
-        .and_then(|mut f| f.verify(false))
-        .is_ok()
-}
-
-/// Makes the synced tmp file the stable file (see the module documentation).
+/// Makes the synced tmp file the stable file (see the module documentation). A stable file
+/// that exists but does not verify is moved aside as evidence, never rotated into the backup.
 fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
     let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
-    if verifies(fs, &stable) {
-        fs.rename(&stable, &backup)
-            .map_err(|e| Error::io(&e, &stable))?;
+    match TableFile::open(fs, &stable).and_then(|mut f| f.verify(false)) {
+        Ok(()) => fs
+            .rename(&stable, &backup)
+            .map_err(|e| Error::io(&e, &stable))?,
+        Err(e) if e.reason.is_corruption() => {
+            quarantine_file(fs, dir, &stable, DEFAULT_MAX_QUARANTINED)?;
+        }
+        Err(_) => {}
     }
     fs.rename(&tmp, &stable).map_err(|e| Error::io(&e, &tmp))?;
     fs.sync_dir(dir.root())
         .map_err(|e| Error::io(&e, dir.root()))
+}
+
+/// Quarantined files kept by a persist that finds a corrupt stable file.
+pub const DEFAULT_MAX_QUARANTINED: usize = 5;
+const QUARANTINE_MARK: &str = ".corrupt-";
+
+/// Moves a corrupt `path` aside to `<name>.corrupt-<UTC timestamp>` in the same directory,
+/// deletes the oldest quarantined files beyond `max_quarantined`, and fsyncs the directory.
+/// Returns the new path. The caller holds the directory lock.
+fn quarantine_file(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    path: &Path,
+    max_quarantined: usize,
+) -> Result<PathBuf> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or(STABLE);
+    let stamp = utc_compact(Stamp::now(0).created_unix_us);
+    let mut target = dir.root().join(format!("{name}{QUARANTINE_MARK}{stamp}"));
+    let mut n = 1;
+    while fs.metadata(&target).is_ok() {
+        target = dir
+            .root()
+            .join(format!("{name}{QUARANTINE_MARK}{stamp}-{n}"));
+        n += 1;
+    }
+    fs.rename(path, &target).map_err(|e| Error::io(&e, path))?;
+    let mut quarantined = quarantined_files(fs, dir)?;
+    // Oldest first: names carry sortable timestamps.
+    quarantined.sort_by(|a, b| quarantine_stamp(a).cmp(quarantine_stamp(b)).then(a.cmp(b)));
+    let excess = quarantined.len().saturating_sub(max_quarantined.max(1));
+    for old in &quarantined[..excess] {
+        remove_if_present(fs, &dir.root().join(old));
+    }
+    fs.sync_dir(dir.root())
+        .map_err(|e| Error::io(&e, dir.root()))?;
+    Ok(target)
+}
+
+/// Names of the quarantined files of the table directory.
+pub fn quarantined_files(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<String>> {
+    let names = match fs.read_dir(dir.root()) {
+        Ok(names) => names,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&e, dir.root())),
+    };
+    Ok(names
+        .into_iter()
+        .filter_map(|n| n.into_string().ok())
+        .filter(|n| n.contains(QUARANTINE_MARK))
+        .collect())
+}
+
+fn quarantine_stamp(name: &str) -> &str {
+    name.split_once(QUARANTINE_MARK).map_or("", |(_, s)| s)
+}
+
+/// `YYYYMMDDTHHMMSS.ffffffZ` for a Unix time in microseconds (proleptic Gregorian, UTC).
+pub fn utc_compact(unix_us: i64) -> String {
+    let secs = unix_us.div_euclid(1_000_000);
+    let micros = unix_us.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let of_day = secs.rem_euclid(86_400);
+    // Days to civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}.{micros:06}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
 }
 
 /// Removes a file if it is there; used for cleanup, where failing changes nothing.
@@ -247,6 +324,8 @@ pub struct RestoreSource {
     pub file: TableFile,
     pub kind: SourceKind,
     pub failures: Vec<Error>,
+    /// Where corrupt files were moved (see [`open_newest_valid`]).
+    pub quarantined: Vec<PathBuf>,
 }
 
 /// Why nothing could be restored, and every file that failed.
@@ -256,45 +335,94 @@ pub struct RestoreFailure {
     /// last existing file tried.
     pub error: Error,
     pub failures: Vec<Error>,
+    pub quarantined: Vec<PathBuf>,
 }
 
 /// Finds the newest file that verifies completely: stable, then backup, then a complete tmp
 /// file. The returned file is rewound to its first chunk and stays open, so a concurrent
 /// persist renaming files does not change what is read.
+///
+/// With `quarantine: Some(max)`, a stable or backup file that is corrupt is moved aside to
+/// `<name>.corrupt-<UTC timestamp>` (keeping at most `max` such files) so that no later
+/// persist overwrites the evidence. That happens only when the directory lock is free, and
+/// only after the file is checked again under the lock.
 pub fn open_newest_valid(
     fs: &dyn Fs,
     dir: &TableDir,
+    quarantine: Option<usize>,
 ) -> std::result::Result<RestoreSource, RestoreFailure> {
     let mut failures = Vec::new();
+    let mut corrupt = Vec::new();
+    let mut found = None;
     for (kind, path) in [
         (SourceKind::Stable, dir.stable()),
         (SourceKind::Backup, dir.backup()),
     ] {
         match open_verified(fs, &path) {
             Ok(file) => {
-                return Ok(RestoreSource {
-                    file,
-                    kind,
-                    failures,
-                })
+                found = Some((file, kind));
+                break;
             }
             Err(e) if e.reason == Reason::Enoent => {}
-            Err(e) => failures.push(e),
+            Err(e) => {
+                if e.reason.is_corruption() {
+                    corrupt.push(path);
+                }
+                failures.push(e);
+            }
         }
     }
     // Only a file that verifies in full counts: a tmp file is written header-last.
-    if let Ok(file) = open_verified(fs, &dir.tmp()) {
-        return Ok(RestoreSource {
-            file,
-            kind: SourceKind::Tmp,
-            failures,
-        });
+    if found.is_none() {
+        if let Ok(file) = open_verified(fs, &dir.tmp()) {
+            found = Some((file, SourceKind::Tmp));
+        }
     }
-    let error = failures
-        .last()
-        .cloned()
-        .unwrap_or_else(|| Error::new(Reason::Enoent, &dir.stable()));
-    Err(RestoreFailure { error, failures })
+    let quarantined = match quarantine {
+        Some(max) if !corrupt.is_empty() => quarantine_corrupt(fs, dir, &corrupt, max),
+        _ => Vec::new(),
+    };
+    match found {
+        Some((file, kind)) => Ok(RestoreSource {
+            file,
+            kind,
+            failures,
+            quarantined,
+        }),
+        None => {
+            let error = failures
+                .last()
+                .cloned()
+                .unwrap_or_else(|| Error::new(Reason::Enoent, &dir.stable()));
+            Err(RestoreFailure {
+                error,
+                failures,
+                quarantined,
+            })
+        }
+    }
+}
+
+/// Moves the files in `corrupt` aside if the lock is free and they are still corrupt.
+fn quarantine_corrupt(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    corrupt: &[PathBuf],
+    max: usize,
+) -> Vec<PathBuf> {
+    let Ok(_lock) = lock_dir(fs, dir) else {
+        return Vec::new();
+    };
+    corrupt
+        .iter()
+        .filter(|path| {
+            matches!(
+                TableFile::open(fs, path).and_then(|mut f| f.verify(false)),
+                Err(e) if e.reason.is_corruption()
+            )
+        })
+        .filter_map(|path| quarantine_file(fs, dir, path, max).ok())
+        .collect()
 }
 
 fn open_verified(fs: &dyn Fs, path: &Path) -> Result<TableFile> {

@@ -3,8 +3,8 @@
 //! `{:error, reason_atom, path | nil}`. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    list_snapshots, open_newest_valid, restore_snapshot, Error, PersistSession, SnapshotId, StdFs,
-    TableDir, TableFile, WriteOptions,
+    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Error, FileHeader,
+    PersistSession, SnapshotId, StdFs, TableDir, TableFile, WriteOptions,
 };
 use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
 use std::path::PathBuf;
@@ -179,25 +179,38 @@ fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
     atoms::ok()
 }
 
-/// Opens the newest file of `dir` that verifies completely.
-/// `{:ok, reader, kind, path, failures}` or `{:error, reason, path, failures}`.
+fn path_list<'a>(env: Env<'a>, paths: &[PathBuf]) -> Term<'a> {
+    paths
+        .iter()
+        .map(|p| path_term(env, Some(p)))
+        .collect::<Vec<_>>()
+        .encode(env)
+}
+
+/// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
+/// files aside (keeping `max_quarantined`).
+/// `{:ok, reader, kind, path, failures, quarantined}` or
+/// `{:error, reason, path, failures, quarantined}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_open<'a>(env: Env<'a>, dir: Binary) -> Term<'a> {
-    match open_newest_valid(&StdFs, &TableDir::new(path_from(&dir))) {
+fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'a> {
+    let dir = TableDir::new(path_from(&dir));
+    match open_newest_valid(&StdFs, &dir, Some(max_quarantined)) {
         Ok(source) => {
             let path = path_term(env, Some(source.file.path()));
             let kind = Atom::from_str(env, source.kind.as_str())
                 .map(|a| a.encode(env))
                 .unwrap_or_else(|_| atoms::nil().encode(env));
             let failures = failure_list(env, &source.failures);
+            let quarantined = path_list(env, &source.quarantined);
             let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(source.file))));
-            (atoms::ok(), reader, kind, path, failures).encode(env)
+            (atoms::ok(), reader, kind, path, failures, quarantined).encode(env)
         }
         Err(failure) => (
             atoms::error(),
             reason_atom(env, &failure.error),
             path_term(env, failure.error.path.as_deref()),
             failure_list(env, &failure.failures),
+            path_list(env, &failure.quarantined),
         )
             .encode(env),
     }
@@ -293,6 +306,61 @@ fn snapshot_restore<'a>(env: Env<'a>, dir: Binary, id: Binary) -> Term<'a> {
         env,
         restore_snapshot(&StdFs, &TableDir::new(path_from(&dir)), id),
     )
+}
+
+fn opt<'a, T: Encoder>(env: Env<'a>, value: Option<T>) -> Term<'a> {
+    match value {
+        Some(v) => v.encode(env),
+        None => atoms::nil().encode(env),
+    }
+}
+
+/// `{:ok, [{path, role, size, mtime_us, version, created_us, sequence, rows, level,
+/// status}]}`: one tuple per file; fields unknown for a file are `nil`, status is `:ok` or
+/// the reason it fails.
+#[rustler::nif(schedule = "DirtyIo")]
+fn inspect<'a>(env: Env<'a>, dir: Binary, verify: bool) -> Term<'a> {
+    let reports = match inspect_dir(&StdFs, &TableDir::new(path_from(&dir)), verify) {
+        Ok(r) => r,
+        Err(e) => return error_term(env, &e),
+    };
+    let list: Vec<Term<'a>> = reports
+        .iter()
+        .map(|r| {
+            let (version, created, sequence, rows, level) = match r.header {
+                Some(FileHeader::Current(h)) => (
+                    Some(2u8),
+                    Some(h.created_unix_us),
+                    Some(h.sequence),
+                    Some(h.row_count),
+                    Some(h.level),
+                ),
+                Some(FileHeader::Legacy { .. }) => (Some(1u8), None, None, None, None),
+                None => (None, None, None, None, None),
+            };
+            let status = match r.status {
+                Ok(()) => atoms::ok().encode(env),
+                Err(reason) => reason_atom(env, &Error::without_path(reason)),
+            };
+            let role = Atom::from_str(env, r.role.as_str())
+                .map(|a| a.encode(env))
+                .unwrap_or_else(|_| atoms::nil().encode(env));
+            let fields = [
+                path_term(env, Some(&r.path)),
+                role,
+                r.size.encode(env),
+                r.modified_unix_us.encode(env),
+                opt(env, version),
+                opt(env, created),
+                opt(env, sequence),
+                opt(env, rows),
+                opt(env, level),
+                status,
+            ];
+            rustler::types::tuple::make_tuple(env, &fields)
+        })
+        .collect();
+    (atoms::ok(), list).encode(env)
 }
 
 rustler::init!("Elixir.PropertyTable.Persist.Native");

@@ -2,6 +2,9 @@
 //! them back as lists of raw chunks.
 #![allow(dead_code)]
 
+pub mod crash;
+pub mod simfs;
+
 use ptable_core::{
     open_newest_valid, Fs, PersistSession, SourceKind, StdFs, TableDir, TableFile, WriteOptions,
 };
@@ -93,7 +96,7 @@ pub fn restore(
     fs: &dyn Fs,
     dir: &TableDir,
 ) -> Result<(Vec<Vec<u8>>, SourceKind), ptable_core::Reason> {
-    let mut source = open_newest_valid(fs, dir).map_err(|f| f.error.reason)?;
+    let mut source = open_newest_valid(fs, dir, None).map_err(|f| f.error.reason)?;
     let chunks = read_all(&mut source.file).map_err(|e| e.reason)?;
     Ok((chunks, source.kind))
 }
