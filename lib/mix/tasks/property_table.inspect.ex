@@ -1,0 +1,144 @@
+defmodule Mix.Tasks.PropertyTable.Inspect do
+  @shortdoc "Shows and verifies the files of a PropertyTable.Persist data directory"
+
+  @moduledoc """
+  Shows every file of one table directory (or of every table directory) under a data
+  directory, for example one copied off a device:
+
+      mix property_table.inspect DATA_DIRECTORY [TABLE_NAME] [--no-verify] [--dump N]
+
+  For each file: kind (stable, backup, tmp, quarantined, snapshot), format version,
+  verification status, rows, size, sequence number and creation time.
+
+    * `--verify` (default) reads every chunk and checks every checksum; `--no-verify` checks
+      headers only.
+    * `--dump N` prints the first N `{property, value}` rows of the newest valid file.
+
+  Exits with status 1 when a table has no valid file to restore from. Does not start any
+  application.
+  """
+
+  use Mix.Task
+
+  alias PropertyTable.Persist
+
+  @switches [verify: :boolean, dump: :integer]
+  @restorable [:stable, :backup, :tmp]
+
+  @impl Mix.Task
+  def run(args) do
+    {switches, positional} =
+      case OptionParser.parse(args, strict: @switches) do
+        {switches, positional, []} -> {switches, positional}
+        {_, _, invalid} -> Mix.raise("Unknown or invalid options: #{inspect(invalid)}")
+      end
+
+    {data_dir, tables} =
+      case positional do
+        [data_dir] ->
+          {data_dir, table_dirs(data_dir)}
+
+        [data_dir, table] ->
+          {data_dir, [table]}
+
+        _ ->
+          Mix.raise(
+            "Usage: mix property_table.inspect DATA_DIRECTORY [TABLE_NAME] [--no-verify] [--dump N]"
+          )
+      end
+
+    Mix.Task.run("compile", [])
+    verify? = Keyword.get(switches, :verify, true)
+    dump = Keyword.get(switches, :dump, 0)
+
+    if tables == [], do: Mix.raise("No table directories found in #{data_dir}")
+
+    results = Enum.map(tables, &inspect_table(data_dir, &1, verify?, dump))
+
+    unless Enum.all?(results) do
+      Mix.shell().error("At least one table has no valid file to restore from.")
+      exit({:shutdown, 1})
+    end
+  end
+
+  defp table_dirs(data_dir) do
+    case File.ls(data_dir) do
+      {:ok, names} -> names |> Enum.filter(&File.dir?(Path.join(data_dir, &1))) |> Enum.sort()
+      {:error, reason} -> Mix.raise("Cannot read #{data_dir}: #{:file.format_error(reason)}")
+    end
+  end
+
+  # Prints the table's files; returns whether it has a restorable file.
+  defp inspect_table(data_dir, table, verify?, dump) do
+    opts = [data_directory: data_dir, table_name: table]
+    files = Persist.inspect_files(opts, verify: verify?)
+    Mix.shell().info("\n#{Path.join(data_dir, table)}")
+
+    rows =
+      for f <- files do
+        [
+          Atom.to_string(f.kind),
+          if(f.format_version, do: "v#{f.format_version}", else: "?"),
+          Atom.to_string(f.status),
+          if(f.rows, do: Integer.to_string(f.rows), else: "-"),
+          Integer.to_string(f.size),
+          if(f.sequence, do: Integer.to_string(f.sequence), else: "-"),
+          format_datetime(f.created || f.modified),
+          Path.relative_to(f.path, Path.join(data_dir, table))
+        ]
+      end
+
+    print_columns([~w(kind format status rows bytes seq created file) | rows])
+    valid? = Enum.any?(files, &(&1.kind in @restorable and &1.status == :ok))
+    if valid? and dump > 0, do: dump_rows(opts, dump)
+    valid?
+  rescue
+    e in Persist.Error ->
+      Mix.shell().error("#{Path.join(data_dir, table)}: #{Exception.message(e)}")
+      false
+  end
+
+  defp dump_rows(opts, count) do
+    table = :ets.new(:property_table_inspect, [:set, :private])
+
+    case Persist.restore_from_disk(table, opts) do
+      :ok ->
+        Mix.shell().info("First #{count} rows (of #{:ets.info(table, :size)}):")
+
+        table
+        |> :ets.tab2list()
+        |> Enum.sort()
+        |> Enum.take(count)
+        |> Enum.each(fn {property, value, _ts} ->
+          Mix.shell().info("  #{inspect({property, value})}")
+        end)
+
+      {:error, reason} ->
+        Mix.shell().error("Could not read rows: #{reason}")
+    end
+
+    :ets.delete(table)
+  end
+
+  defp format_datetime({{y, m, d}, {h, mi, s}}) do
+    :io_lib.format("~4..0B-~2..0B-~2..0B ~2..0B:~2..0B:~2..0BZ", [y, m, d, h, mi, s])
+    |> IO.iodata_to_binary()
+  end
+
+  defp print_columns(rows) do
+    widths =
+      rows
+      |> Enum.zip()
+      |> Enum.map(fn column ->
+        column |> Tuple.to_list() |> Enum.map(&String.length/1) |> Enum.max()
+      end)
+
+    for row <- rows do
+      row
+      |> Enum.zip(widths)
+      |> Enum.map_join("  ", fn {cell, width} -> String.pad_trailing(cell, width) end)
+      |> String.trim_trailing()
+      |> Mix.shell().info()
+    end
+  end
+end
