@@ -1,0 +1,160 @@
+defmodule PropertyTable.OperatorToolsTest do
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureIO
+  import ExUnit.CaptureLog
+
+  alias PropertyTable.Persist
+
+  @moduletag :tmp_dir
+
+  defp table_with(rows) do
+    table = :ets.new(:ops, [:set, :public])
+    :ets.insert(table, for({p, v} <- rows, do: {p, v, 0}))
+    table
+  end
+
+  defp opts(dir), do: [data_directory: dir, table_name: "t"]
+
+  defp legacy_file(pairs) do
+    payload = :erlang.term_to_binary(pairs, compressed: 6)
+    <<"PTABLE", 1, 0, byte_size(payload)::64-big, payload::binary, :erlang.md5(payload)::binary>>
+  end
+
+  test "inspect_files describes stable, backup, snapshots and legacy files", %{tmp_dir: dir} do
+    table = table_with([{["a"], 1}, {["b"], 2}])
+    :ok = Persist.persist_to_disk(table, opts(dir))
+    :ets.insert(table, {["c"], 3, 0})
+    {:ok, id} = Persist.save_snapshot(table, opts(dir))
+    File.write!(Path.join([dir, "t", "snapshots", "00000000000000AA"]), legacy_file([{["x"], 1}]))
+
+    files = Persist.inspect_files(opts(dir))
+    assert [stable, backup, legacy, snapshot] = files
+    assert %{kind: :stable, format_version: 2, rows: 3, status: :ok, compression: 6} = stable
+    assert %{kind: :backup, format_version: 2, rows: 2, status: :ok} = backup
+    assert %{kind: :snapshot, format_version: 1, rows: nil, status: :ok, created: nil} = legacy
+    assert %{kind: :snapshot, status: :ok, rows: 3} = snapshot
+    assert Path.basename(snapshot.path) == id
+    assert stable.sequence > backup.sequence
+    assert stable.size == File.stat!(stable.path).size
+    assert {{_, _, _}, {_, _, _}} = stable.created
+  end
+
+  test "a corrupt stable file is reported, quarantined by restore, and left alone by the next persist",
+       %{tmp_dir: dir} do
+    table = table_with([{["a"], 1}])
+    :ok = Persist.persist_to_disk(table, opts(dir))
+    :ets.insert(table, {["a"], 2, 0})
+    :ok = Persist.persist_to_disk(table, opts(dir))
+
+    stable = Path.join([dir, "t", "data.ptable"])
+    corrupt = File.read!(stable) |> flip_byte(100)
+    File.write!(stable, corrupt)
+
+    assert [%{kind: :stable, status: :bad_checksum}, %{kind: :backup, status: :ok}] =
+             Persist.inspect_files(opts(dir))
+
+    log =
+      capture_log(fn ->
+        assert :ok = Persist.restore_from_disk(:ops_quarantine_restored, opts(dir))
+      end)
+
+    assert [{["a"], 1, _}] = :ets.tab2list(:ops_quarantine_restored)
+    assert log =~ "moved corrupt file aside"
+
+    [quarantined] = Path.wildcard(Path.join([dir, "t", "data.ptable.corrupt-*"]))
+    assert File.read!(quarantined) == corrupt
+    assert log =~ quarantined
+    refute File.exists?(stable)
+
+    :ok = Persist.persist_to_disk(table, opts(dir))
+    assert File.read!(quarantined) == corrupt
+
+    assert [
+             %{kind: :stable, status: :ok},
+             %{kind: :backup},
+             %{kind: :quarantined, status: :bad_checksum}
+           ] = Persist.inspect_files(opts(dir))
+  end
+
+  test "at most max_quarantined corrupt files are kept", %{tmp_dir: dir} do
+    table = table_with([{["a"], 1}])
+    stable = Path.join([dir, "t", "data.ptable"])
+
+    for _ <- 1..4 do
+      :ok = Persist.persist_to_disk(table, opts(dir))
+      File.write!(stable, "garbage")
+
+      capture_log(fn ->
+        Persist.restore_from_disk(:ops_max_q, opts(dir) ++ [max_quarantined: 2])
+      end)
+    end
+
+    assert length(Path.wildcard(Path.join([dir, "t", "*.corrupt-*"]))) == 2
+  end
+
+  test "safe: true refuses files that need unknown atoms and leaves the table untouched", %{
+    tmp_dir: dir
+  } do
+    name = "ptp_never_created_atom_#{System.unique_integer([:positive])}"
+    # ETF of [{["k"], :<name>}] written by hand, so the atom never exists in this VM.
+    atom_etf = <<118, byte_size(name)::16, name::binary>>
+    pair = <<104, 2, 108, 0, 0, 0, 1, 109, 0, 0, 0, 1, "k", 106>> <> atom_etf
+    payload = <<131, 108, 0, 0, 0, 1>> <> pair <> <<106>>
+    File.mkdir_p!(Path.join(dir, "t"))
+
+    File.write!(
+      Path.join([dir, "t", "data.ptable"]),
+      <<"PTABLE", 1, 0, byte_size(payload)::64-big, payload::binary,
+        :erlang.md5(payload)::binary>>
+    )
+
+    target = table_with([{["keep"], :me}])
+
+    capture_log(fn ->
+      assert {:error, :unsafe_term} = Persist.restore_from_disk(target, opts(dir) ++ [safe: true])
+    end)
+
+    assert [{["keep"], :me, 0}] = :ets.tab2list(target)
+
+    assert :ok = Persist.restore_from_disk(target, opts(dir))
+    assert [{["k"], atom, _}] = :ets.tab2list(target)
+    assert Atom.to_string(atom) == name
+  end
+
+  test "safe: true restores ordinary files", %{tmp_dir: dir} do
+    table = table_with([{["a"], :ok}, {["b"], "text"}])
+    :ok = Persist.persist_to_disk(table, opts(dir))
+    assert :ok = Persist.restore_from_disk(:ops_safe_ok, opts(dir) ++ [safe: true])
+    assert :ets.info(:ops_safe_ok, :size) == 2
+  end
+
+  describe "mix property_table.inspect" do
+    test "prints the files and dumps rows", %{tmp_dir: dir} do
+      table = table_with([{["net", "eth0"], :up}, {["z"], 26}])
+      :ok = Persist.persist_to_disk(table, opts(dir))
+
+      out = capture_io(fn -> Mix.Tasks.PropertyTable.Inspect.run([dir, "t", "--dump", "1"]) end)
+      assert out =~ "stable"
+      assert out =~ "data.ptable"
+      assert out =~ ~s({["net", "eth0"], :up})
+      refute out =~ ~s({["z"], 26})
+    end
+
+    test "exits non-zero when a table has no valid file", %{tmp_dir: dir} do
+      File.mkdir_p!(Path.join(dir, "t"))
+      File.write!(Path.join([dir, "t", "data.ptable"]), "not a table file")
+
+      capture_io(fn ->
+        capture_io(:stderr, fn ->
+          assert catch_exit(Mix.Tasks.PropertyTable.Inspect.run([dir])) == {:shutdown, 1}
+        end)
+      end)
+    end
+  end
+
+  defp flip_byte(bin, offset) do
+    <<head::binary-size(offset), byte, rest::binary>> = bin
+    <<head::binary, Bitwise.bxor(byte, 0xFF), rest::binary>>
+  end
+end
