@@ -1,0 +1,203 @@
+defmodule PropertyTable.Persist.TestHelpers do
+  @moduledoc """
+  Shared helpers for the PropertyTable.Persist test suite: table builders, a byte-by-byte
+  legacy (format version 1) file builder, a realistic row generator, file-tree snapshots for
+  "nothing changed on disk" assertions, and seeded randomness.
+  """
+
+  import ExUnit.Assertions
+
+  alias PropertyTable.Persist
+
+  @stable "data.ptable"
+  @backup "data.ptable.backup"
+  @tmp "data.ptable.tmp"
+
+  ## Paths
+
+  def table_dir(dir, name \\ "t"), do: Path.join(dir, name)
+  def stable_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @stable)
+  def backup_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @backup)
+  def tmp_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @tmp)
+  def snapshots_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), "snapshots")
+  def snapshot_path(dir, id, name \\ "t"), do: Path.join(snapshots_path(dir, name), id)
+
+  ## Tables
+
+  @doc "A new public :set table (a reference) holding `pairs` with one timestamp."
+  def new_table(pairs, opts \\ []) do
+    table = :ets.new(Keyword.get(opts, :name, :ptp_test), [:set, :public])
+    insert_pairs(table, pairs)
+    table
+  end
+
+  def insert_pairs(table, pairs) do
+    ts = System.monotonic_time()
+    :ets.insert(table, for({p, v} <- pairs, do: {p, v, ts}))
+    table
+  end
+
+  @doc "The table's `{property, value}` pairs, sorted."
+  def pairs(table), do: table |> :ets.tab2list() |> Enum.map(fn {p, v, _} -> {p, v} end) |> sort()
+
+  def sort(pairs), do: Enum.sort(pairs)
+
+  @doc "Restores into a fresh reference table; returns `{result, sorted_pairs_or_nil}`."
+  def restore_fresh(opts) do
+    table = :ets.new(:ptp_restore_target, [:set, :public])
+
+    try do
+      case Persist.restore_from_disk(table, opts) do
+        :ok -> {:ok, pairs(table)}
+        other -> {other, nil}
+      end
+    after
+      :ets.delete(table)
+    end
+  end
+
+  ## Realistic data
+
+  @ifaces ~w(eth0 eth1 wlan0 wlan1 usb0 lo)
+  @keys ~w(state type address netmask gateway mtu rx_bytes tx_bytes ssid signal connection)
+
+  @doc """
+  `n` `{property, value}` pairs shaped like a property table of a device: string paths of
+  2 to 5 segments and values that are atoms, integers, strings, floats, maps, lists.
+  Deterministic for a given `seed`.
+  """
+  def realistic_pairs(n, seed \\ 1) do
+    state = :rand.seed_s(:exsss, {seed, 17, 4242})
+
+    {pairs, _} =
+      Enum.map_reduce(1..n//1, state, fn i, st ->
+        {a, st} = :rand.uniform_s(length(@ifaces), st)
+        {b, st} = :rand.uniform_s(length(@keys), st)
+        {kind, st} = :rand.uniform_s(7, st)
+        {x, st} = :rand.uniform_s(1_000_000, st)
+        iface = Enum.at(@ifaces, a - 1)
+        key = Enum.at(@keys, b - 1)
+        property = ["net", iface, key, Integer.to_string(i)]
+
+        value =
+          case kind do
+            1 -> Enum.at([:up, :down, :lower_up, :disabled, :configured], rem(x, 5))
+            2 -> x
+            3 -> "#{rem(x, 256)}.#{rem(div(x, 256), 256)}.#{rem(div(x, 65536), 256)}.1"
+            4 -> x / 7
+            5 -> %{ifname: iface, index: rem(x, 16), flags: [:up, :broadcast, :running]}
+            6 -> "SSID-#{rem(x, 97)}-home network"
+            7 -> [rem(x, 10), rem(x, 100), rem(x, 1000)]
+          end
+
+        {{property, value}, st}
+      end)
+
+    pairs
+  end
+
+  ## Legacy (version 1) files
+
+  @doc """
+  A legacy (property_table, format version 1) file, byte by byte: "PTABLE", version 1,
+  reserved 0, payload length (u64 big-endian), payload, MD5 of the payload.
+  """
+  def legacy_file(pairs) when is_list(pairs),
+    do: legacy_file_from_payload(:erlang.term_to_binary(pairs, compressed: 6))
+
+  def legacy_file_from_payload(payload) when is_binary(payload) do
+    <<"PTABLE", 1, 0, byte_size(payload)::unsigned-big-64, payload::binary,
+      :erlang.md5(payload)::binary>>
+  end
+
+  def write_legacy!(path, pairs_or_payload) do
+    File.mkdir_p!(Path.dirname(path))
+
+    bin =
+      if is_binary(pairs_or_payload),
+        do: legacy_file_from_payload(pairs_or_payload),
+        else: legacy_file(pairs_or_payload)
+
+    File.write!(path, bin)
+    bin
+  end
+
+  @doc """
+  The external term format of `[{atom_named_name, 1}]`, built by hand so that decoding it
+  would have to create the atom (ATOM_UTF8_EXT, tag 118). Building it creates nothing.
+  """
+  def etf_with_atom(name) when is_binary(name) do
+    <<131, 108, 1::32, 104, 2, 118, byte_size(name)::16, name::binary, 97, 1, 106>>
+  end
+
+  @doc "A fresh atom name that does not exist in this VM."
+  def unused_atom_name(prefix \\ "ptp_never_created_") do
+    name = prefix <> Base.encode16(:crypto.strong_rand_bytes(10))
+    refute atom_exists?(name)
+    name
+  end
+
+  def atom_exists?(name) do
+    _ = String.to_existing_atom(name)
+    true
+  rescue
+    ArgumentError -> false
+  end
+
+  ## Files
+
+  @doc "Every regular file under `dir` with its contents (a map); `%{}` when `dir` is absent."
+  def tree(dir) do
+    if File.exists?(dir) do
+      for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true),
+          File.regular?(path),
+          into: %{},
+          do: {Path.relative_to(path, dir), File.read!(path)}
+    else
+      %{}
+    end
+  end
+
+  @doc "Flips bit `bit` (0..7) of byte `offset`."
+  def flip_bit(bin, offset, bit) do
+    <<pre::binary-size(offset), byte, post::binary>> = bin
+    <<pre::binary, Bitwise.bxor(byte, Bitwise.bsl(1, bit)), post::binary>>
+  end
+
+  ## Randomness
+
+  @doc """
+  Seeds `:rand` for the calling process from `PTP_SEED` (or ExUnit's seed) and prints it,
+  so a failing property-style run can be repeated. Returns the seed.
+  """
+  def seed_rand!(label) do
+    seed =
+      case System.get_env("PTP_SEED") do
+        nil -> ExUnit.configuration()[:seed]
+        s -> String.to_integer(s)
+      end
+
+    :rand.seed(:exsss, {seed, 1, 2})
+    IO.puts("\n[#{label}] seed #{seed} (repeat with PTP_SEED=#{seed})")
+    seed
+  end
+
+  @doc "A `:rand` state seeded like `seed_rand!/1`, for processes other than the caller."
+  def rand_state(seed, n), do: :rand.seed_s(:exsss, {seed, n, 3})
+
+  @doc "Log levels of the captured lines mentioning `fragment`."
+  def levels_mentioning(log, fragment) do
+    log
+    |> String.split("\n")
+    |> Enum.filter(&String.contains?(&1, fragment))
+    |> Enum.flat_map(fn line ->
+      case Regex.run(
+             ~r/\[(debug|info|notice|warning|warn|error|critical|alert|emergency)\]/,
+             line
+           ) do
+        [_, level] -> [level]
+        _ -> []
+      end
+    end)
+  end
+end
