@@ -21,7 +21,7 @@ pub use inspect::{inspect_dir, FileReport, FileRole};
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
 pub use table_dir::{
-    list_snapshots, open_newest_valid, restore_snapshot, PersistSession, RestoreFailure,
-    RestoreSource, SnapshotEntry, SourceKind, TableDir,
+    list_snapshots, open_newest_valid, restore_snapshot, CommitOutcome, PersistSession,
+    RestoreFailure, RestoreSource, SnapshotEntry, SourceKind, TableDir,
 };
 pub use writer::{ChunkWriter, Stamp, WriteOptions};

@@ -251,6 +251,15 @@ impl TableFile {
         Ok(Some(Chunk { data, rows: None }))
     }
 
+    /// For a version 2 file: the next frame's header and stored bytes, CRC-checked; `None`
+    /// after the last frame, once the totals matched the header.
+    pub fn next_stored_frame(&mut self) -> Result<Option<(FrameHeader, &[u8])>> {
+        let FileHeader::Current(h) = self.header else {
+            return Err(self.bad_file());
+        };
+        Ok(self.next_frame(&h)?.map(|fh| (fh, self.scratch.as_slice())))
+    }
+
     /// Reads the next frame into `self.scratch` and checks its CRC; `None` after the last
     /// frame, once the totals were checked against the header.
     fn next_frame(&mut self, h: &HeaderV2) -> Result<Option<FrameHeader>> {

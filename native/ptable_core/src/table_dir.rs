@@ -14,6 +14,7 @@
 //! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
 //! looks at them in that order.
 
+use crate::codec::codec_for_level;
 use crate::error::{Error, Reason, Result};
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{FileHeader, TableFile};
@@ -23,6 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const STABLE: &str = "data.ptable";
 pub const BACKUP: &str = "data.ptable.backup";
@@ -214,28 +216,69 @@ fn remove_if_present(fs: &dyn Fs, path: &Path) {
     let _ = fs.remove_file(path);
 }
 
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// A new stable file was installed.
+    Written,
+    /// The table's encoding equals the stable file's (same options, every chunk's hash and
+    /// the whole-file digest, and the stable file verified in full on the way): nothing was
+    /// written, which spares flash.
+    Unchanged,
+}
+
+/// Where a persist is: still matching the stable file chunk for chunk, or writing.
+enum Mode {
+    Comparing {
+        stable: Box<TableFile>,
+        matched: u64,
+    },
+    Writing(ChunkWriter),
+}
+
 /// One persist: holds the directory lock from `begin` until dropped, streams chunks into the
 /// tmp file, installs it on `commit`, and can then take a snapshot of the result.
+///
+/// While the chunks match the stable file's (same length, rows and XXH3-64, read and
+/// CRC-checked frame by frame), nothing is written. At the first difference the tmp file is
+/// started with the matched frames copied verbatim from the stable file.
 pub struct PersistSession {
     fs: Arc<dyn Fs>,
     dir: TableDir,
-    writer: Option<ChunkWriter>,
+    options: WriteOptions,
+    stamp: Stamp,
+    mode: Option<Mode>,
+    digest: Xxh3,
     committed: bool,
     // Dropped last: everything above happens under the lock.
     _lock: Box<dyn LockGuard>,
 }
 
 impl PersistSession {
-    /// Creates the directory if needed, takes its lock and starts the tmp file.
+    /// Creates the directory if needed and takes its lock.
     pub fn begin(fs: Arc<dyn Fs>, dir: TableDir, options: WriteOptions) -> Result<Self> {
         ensure_dir(fs.as_ref(), dir.root())?;
         let lock = lock_dir(fs.as_ref(), &dir)?;
         let stamp = Stamp::now(next_stable_sequence(fs.as_ref(), &dir));
-        let writer = ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp)?;
+        let mode = match comparable_stable(fs.as_ref(), &dir, options) {
+            Some(stable) => Mode::Comparing {
+                stable: Box::new(stable),
+                matched: 0,
+            },
+            None => Mode::Writing(ChunkWriter::create(
+                fs.as_ref(),
+                &dir.tmp(),
+                options,
+                stamp,
+            )?),
+        };
         Ok(PersistSession {
             fs,
             dir,
-            writer: Some(writer),
+            options,
+            stamp,
+            mode: Some(mode),
+            digest: Xxh3::new(),
             committed: false,
             _lock: lock,
         })
@@ -247,30 +290,86 @@ impl PersistSession {
 
     /// Appends one chunk: the encoding of `rows` rows.
     pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
-        let writer = self
-            .writer
-            .as_mut()
-            .ok_or(Error::without_path(Reason::Closed))?;
-        writer.append(raw, rows)
+        self.digest.update(raw);
+        match self.mode.as_mut() {
+            None => Err(Error::without_path(Reason::Closed)),
+            Some(Mode::Writing(writer)) => writer.append(raw, rows),
+            Some(Mode::Comparing { stable, matched }) => {
+                let same = matches!(
+                    stable.next_stored_frame(),
+                    Ok(Some((fh, _))) if fh.raw_len == raw.len() as u64
+                        && fh.row_count == rows
+                        && fh.raw_hash == xxh3_64(raw)
+                );
+                if same {
+                    *matched += 1;
+                    return Ok(());
+                }
+                let writer = self.start_writing()?;
+                writer.append(raw, rows)
+            }
+        }
     }
 
-    /// Finishes the tmp file and installs it as the stable file. On error the tmp file is
-    /// removed and the stable and backup files are as they were (or, if the error came from
-    /// the final directory fsync, the new file is installed but maybe not yet durable).
-    pub fn commit(&mut self) -> Result<()> {
-        let writer = self
-            .writer
-            .take()
-            .ok_or(Error::without_path(Reason::Closed))?;
-        let result = writer
-            .finish()
-            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir));
-        if result.is_err() {
-            remove_if_present(self.fs.as_ref(), &self.dir.tmp());
-        } else {
-            self.committed = true;
+    /// Leaves comparing mode: starts the tmp file with the frames matched so far, copied
+    /// (and checked again) from the stable file.
+    fn start_writing(&mut self) -> Result<&mut ChunkWriter> {
+        if let Some(Mode::Comparing {
+            mut stable,
+            matched,
+        }) = self.mode.take()
+        {
+            let mut writer =
+                ChunkWriter::create(self.fs.as_ref(), &self.dir.tmp(), self.options, self.stamp)?;
+            stable.rewind()?;
+            for _ in 0..matched {
+                match stable.next_stored_frame()? {
+                    Some((fh, stored)) => writer.append_stored(&fh, stored)?,
+                    None => return Err(Error::new(Reason::BadFile, stable.path())),
+                }
+            }
+            self.mode = Some(Mode::Writing(writer));
         }
-        result
+        match self.mode.as_mut() {
+            Some(Mode::Writing(writer)) => Ok(writer),
+            _ => Err(Error::without_path(Reason::Closed)),
+        }
+    }
+
+    /// Finishes the tmp file and installs it as the stable file, unless the table turned
+    /// out unchanged. On error the tmp file is removed and the stable and backup files are
+    /// as they were (or, if the error came from the final directory fsync, the new file is
+    /// installed but maybe not yet durable).
+    pub fn commit(&mut self) -> Result<CommitOutcome> {
+        let digest = self.digest.digest128().to_le_bytes();
+        if let Some(Mode::Comparing { stable, .. }) = self.mode.as_mut() {
+            let FileHeader::Current(h) = *stable.header() else {
+                return Err(Error::new(Reason::BadFile, stable.path()));
+            };
+            // All frames matched, and reading past the last checks the header's totals.
+            if matches!(stable.next_stored_frame(), Ok(None)) && h.content_digest == digest {
+                self.mode = None;
+                self.committed = true;
+                return Ok(CommitOutcome::Unchanged);
+            }
+            self.start_writing()?;
+        }
+        let Some(Mode::Writing(writer)) = self.mode.take() else {
+            return Err(Error::without_path(Reason::Closed));
+        };
+        let result = writer
+            .finish(digest)
+            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir));
+        match result {
+            Ok(()) => {
+                self.committed = true;
+                Ok(CommitOutcome::Written)
+            }
+            Err(e) => {
+                remove_if_present(self.fs.as_ref(), &self.dir.tmp());
+                Err(e)
+            }
+        }
     }
 
     /// After a successful commit: copies the stable file to a new snapshot and deletes the
@@ -288,7 +387,7 @@ impl PersistSession {
 
     /// Abandons an uncommitted persist: the tmp file is removed, nothing else changes.
     pub fn abort(&mut self) {
-        if self.writer.take().is_some() {
+        if let Some(Mode::Writing(_)) = self.mode.take() {
             remove_if_present(self.fs.as_ref(), &self.dir.tmp());
         }
     }
@@ -297,6 +396,22 @@ impl PersistSession {
 impl Drop for PersistSession {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+/// The stable file, if it is a version 2 file written with the same options, so that an
+/// unchanged table can be recognised chunk by chunk.
+fn comparable_stable(fs: &dyn Fs, dir: &TableDir, options: WriteOptions) -> Option<TableFile> {
+    let file = TableFile::open(fs, &dir.stable()).ok()?;
+    match file.header() {
+        FileHeader::Current(h)
+            if h.level == options.level
+                && h.chunk_rows == options.chunk_rows
+                && h.codec == codec_for_level(options.level) =>
+        {
+            Some(file)
+        }
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::error::{Error, Reason, Result};
 use crate::format::{FrameHeader, HeaderV2, FRAME_HEADER_LEN, HEADER_AREA_LEN};
 use crate::fs::{Fs, WriteFile};
 use std::path::{Path, PathBuf};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::xxh3_64;
 
 /// How a file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,6 @@ pub struct ChunkWriter {
     path: PathBuf,
     header: HeaderV2,
     compressor: Compressor,
-    digest: Xxh3,
     frame: Vec<u8>,
 }
 
@@ -77,13 +76,33 @@ impl ChunkWriter {
                 content_digest: [0; 16],
             },
             compressor,
-            digest: Xxh3::new(),
             frame: Vec::new(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The codec this writer compresses with.
+    pub fn header(&self) -> &HeaderV2 {
+        &self.header
+    }
+
+    /// Appends a frame copied from another file written with the same options (its CRC
+    /// covers its index, which is the same here).
+    pub fn append_stored(&mut self, fh: &FrameHeader, stored: &[u8]) -> Result<()> {
+        let mut head = Vec::with_capacity(FRAME_HEADER_LEN);
+        fh.encode_into(&mut head);
+        let path = &self.path;
+        self.file
+            .write_all(&head)
+            .and_then(|()| self.file.write_all(stored))
+            .map_err(|e| Error::io(&e, path))?;
+        self.header.chunk_count += 1;
+        self.header.row_count += fh.row_count;
+        self.header.payload_len += (FRAME_HEADER_LEN + stored.len()) as u64;
+        Ok(())
     }
 
     /// Compresses `raw` (the encoding of `rows` rows) and appends it as one frame.
@@ -108,7 +127,6 @@ impl ChunkWriter {
         self.file
             .write_all(&self.frame)
             .map_err(|e| Error::io(&e, &self.path))?;
-        self.digest.update(raw);
         self.header.chunk_count += 1;
         self.header.row_count += rows;
         self.header.payload_len += self.frame.len() as u64;
@@ -119,9 +137,11 @@ impl ChunkWriter {
         Ok(())
     }
 
-    /// Writes the header and fsyncs. The file is complete and durable when this returns.
-    pub fn finish(mut self) -> Result<HeaderV2> {
-        self.header.content_digest = self.digest.digest128().to_le_bytes();
+    /// Writes the header, carrying `content_digest` (XXH3-128 of all raw chunks, kept by the
+    /// caller because copied frames arrive without their raw bytes), and fsyncs. The file is
+    /// complete and durable when this returns.
+    pub fn finish(mut self, content_digest: [u8; 16]) -> Result<HeaderV2> {
+        self.header.content_digest = content_digest;
         let path = self.path;
         self.file
             .write_all_at(&self.header.encode(), 0)

@@ -147,10 +147,11 @@ fn persist_append<'a>(
     })
 }
 
-/// Finishes the file and installs it as the stable file.
+/// Finishes the file and installs it as the stable file (or finds the table unchanged).
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_commit<'a>(env: Env<'a>, session: ResourceArc<SessionResource>) -> Term<'a> {
-    with_session(env, &session, |s| ok_or_error(env, s.commit()))
+    // An unchanged table (nothing written) is as much a success as a new file.
+    with_session(env, &session, |s| ok_or_error(env, s.commit().map(|_| ())))
 }
 
 /// After a commit: copies the stable file to a new snapshot, applies retention.

@@ -1,0 +1,92 @@
+//! A persist of an unchanged table writes nothing; any difference, other options or a rotted
+//! stable file makes it write a complete new file.
+
+mod common;
+
+use common::*;
+use ptable_core::{CommitOutcome, Fs, PersistSession, TableDir};
+use std::sync::Arc;
+
+fn persist_outcome(
+    fs: &Arc<dyn Fs>,
+    dir: &TableDir,
+    chunks: &[Vec<u8>],
+    level: u8,
+) -> CommitOutcome {
+    let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(level)).unwrap();
+    for c in chunks {
+        session.append(c, 10).unwrap();
+    }
+    session.commit().unwrap()
+}
+
+fn setup(data: &[Vec<u8>]) -> (tempfile::TempDir, TableDir, Arc<dyn Fs>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let fs = std_fs();
+    assert_eq!(persist_outcome(&fs, &dir, data, 6), CommitOutcome::Written);
+    (tmp, dir, fs)
+}
+
+#[test]
+fn an_unchanged_table_writes_nothing() {
+    let data = property_like_chunks(5, 50);
+    let (_tmp, dir, fs) = setup(&data);
+    let before = std::fs::read(dir.stable()).unwrap();
+    assert_eq!(
+        persist_outcome(&fs, &dir, &data, 6),
+        CommitOutcome::Unchanged
+    );
+    assert_eq!(std::fs::read(dir.stable()).unwrap(), before);
+    assert!(!dir.backup().exists(), "no rotation happened");
+    assert!(!dir.tmp().exists());
+    let empty: Vec<Vec<u8>> = Vec::new();
+    let (_tmp2, dir2, fs2) = setup(&empty);
+    assert_eq!(
+        persist_outcome(&fs2, &dir2, &empty, 6),
+        CommitOutcome::Unchanged
+    );
+}
+
+#[test]
+fn any_difference_writes_a_complete_new_file() {
+    let data = property_like_chunks(5, 50);
+    let mut changed_middle = data.clone();
+    changed_middle[2][7] ^= 1;
+    let mut longer = data.clone();
+    longer.push(b"one more".to_vec());
+    let shorter = data[..4].to_vec();
+    let mut changed_last = data.clone();
+    changed_last[4].push(b'x');
+    for variant in [changed_middle, longer, shorter, changed_last, Vec::new()] {
+        let (_tmp, dir, fs) = setup(&data);
+        assert_eq!(
+            persist_outcome(&fs, &dir, &variant, 6),
+            CommitOutcome::Written
+        );
+        assert_eq!(restore(fs.as_ref(), &dir).unwrap().0, variant);
+        assert_eq!(read_file(&dir.backup()).unwrap(), data);
+    }
+}
+
+#[test]
+fn other_options_write_a_new_file() {
+    let data = property_like_chunks(3, 50);
+    let (_tmp, dir, fs) = setup(&data);
+    assert_eq!(persist_outcome(&fs, &dir, &data, 3), CommitOutcome::Written);
+    assert_eq!(restore(fs.as_ref(), &dir).unwrap().0, data);
+}
+
+#[test]
+fn a_rotted_stable_file_is_never_kept_because_the_table_looks_unchanged() {
+    let data = property_like_chunks(4, 50);
+    let (_tmp, dir, fs) = setup(&data);
+    let len = std::fs::metadata(dir.stable()).unwrap().len() as usize;
+    for offset in [100, len / 2, len - 1] {
+        let mut bytes = std::fs::read(dir.stable()).unwrap();
+        bytes[offset] ^= 0x40;
+        std::fs::write(dir.stable(), &bytes).unwrap();
+        assert_eq!(persist_outcome(&fs, &dir, &data, 6), CommitOutcome::Written);
+        assert_eq!(read_file(&dir.stable()).unwrap(), data);
+    }
+}
