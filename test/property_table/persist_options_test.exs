@@ -1,0 +1,177 @@
+defmodule PropertyTable.PersistOptionsTest do
+  @moduledoc """
+  Every option of every function: bad values raise ArgumentError naming the option and touch
+  nothing on disk; good values work; unknown keys are ignored.
+  """
+  use ExUnit.Case, async: true
+
+  import PropertyTable.Persist.TestHelpers
+
+  alias PropertyTable.Persist
+
+  @moduletag :tmp_dir
+
+  # Every public function, called on a table reference (or none) with the given options.
+  defp calls(table) do
+    [
+      persist_to_disk: &Persist.persist_to_disk(table, &1),
+      persist_to_disk!: &Persist.persist_to_disk!(table, &1),
+      restore_from_disk: &Persist.restore_from_disk(table, &1),
+      restore_from_disk!: &Persist.restore_from_disk!(table, &1),
+      save_snapshot: &Persist.save_snapshot(table, &1),
+      save_snapshot!: &Persist.save_snapshot!(table, &1),
+      get_snapshot_list: &Persist.get_snapshot_list(&1),
+      restore_snapshot: &Persist.restore_snapshot(&1, "0123456789ABCDEF"),
+      restore_snapshot!: &Persist.restore_snapshot!(&1, "0123456789ABCDEF")
+    ]
+  end
+
+  @bad_values [
+    data_directory: ["", 123, nil, :atom, ~c"charlist", "a\0b", {"a"}],
+    table_name: [
+      "",
+      ".",
+      "..",
+      "a/b",
+      "/abs",
+      "../up",
+      "a\\b",
+      "a\0b",
+      <<0xFF, 0xFE>>,
+      123,
+      1.5,
+      ["x"],
+      {:a},
+      :..,
+      :"a/b",
+      :.
+    ],
+    max_snapshots: [0, -1, 1.5, "3", nil, :infinity],
+    compression: [-1, 10, 100, 5.0, "6", nil, :best],
+    chunk_size: [0, -5, 1.0, "10", nil],
+    lock_timeout: [-1, 1.5, "1000", nil, :forever],
+    safe: ["true", 1, nil, :yes],
+    max_quarantined: [0, -1, 1.5, nil]
+  ]
+
+  for {key, values} <- @bad_values do
+    test "a bad #{inspect(key)} raises ArgumentError naming it, for every function, touching nothing",
+         %{tmp_dir: tmp} do
+      data_dir = Path.join(tmp, "data")
+      table = new_table([{["a"], 1}])
+      key = unquote(key)
+
+      for value <- unquote(Macro.escape(values)), {fun, call} <- calls(table) do
+        opts = Keyword.put([data_directory: data_dir, table_name: "t"], key, value)
+
+        error =
+          assert_raise ArgumentError,
+                       fn -> call.(opts) end
+
+        assert error.message =~ inspect(key),
+               "#{fun} with #{inspect(key)}: #{inspect(value)} raised #{inspect(error.message)}"
+      end
+
+      assert File.ls!(tmp) == [], "a call with a bad option touched the disk"
+    end
+  end
+
+  test "a bad option on an atom table creates no table", %{tmp_dir: tmp} do
+    name = :"ptp_opts_#{System.unique_integer([:positive])}"
+
+    assert_raise ArgumentError, fn ->
+      Persist.restore_from_disk(name, data_directory: tmp, compression: 11)
+    end
+
+    assert_raise ArgumentError, fn -> Persist.restore_from_disk!(name, table_name: "..") end
+    assert :ets.whereis(name) == :undefined
+    assert File.ls!(tmp) == []
+  end
+
+  test "good values of every option are accepted", %{tmp_dir: tmp} do
+    data = realistic_pairs(50)
+    table = new_table(data)
+
+    for name <- ["a..b", "...", ".hidden", "with space", "täble", "UPPER_lower-1", :atom_name],
+        opts = [
+          data_directory: tmp,
+          table_name: name,
+          max_snapshots: 1,
+          compression: 0,
+          chunk_size: 1,
+          lock_timeout: 0,
+          safe: true,
+          max_quarantined: 1
+        ] do
+      assert :ok = Persist.persist_to_disk(table, opts)
+      assert File.regular?(Path.join([tmp, to_string(name), "data.ptable"]))
+      assert {:ok, _} = Persist.save_snapshot(table, opts)
+      assert {:ok, sort(data)} == restore_fresh(opts)
+      assert [{id, _}] = Persist.get_snapshot_list(opts)
+      assert :ok = Persist.restore_snapshot(opts, id)
+    end
+
+    opts = [data_directory: tmp, table_name: "inf", lock_timeout: :infinity, safe: false]
+
+    for level <- 0..9 do
+      assert :ok = Persist.persist_to_disk(table, [compression: level] ++ opts)
+    end
+
+    assert {:ok, sort(data)} == restore_fresh(opts)
+  end
+
+  test "unknown keys are ignored", %{tmp_dir: tmp} do
+    table = new_table([{["a"], 1}])
+
+    opts = [
+      data_directory: tmp,
+      table_name: "t",
+      unknown: :value,
+      name: MyTable,
+      compression_level: "ignored"
+    ]
+
+    assert :ok = Persist.persist_to_disk(table, opts)
+    assert {:ok, [{["a"], 1}]} == restore_fresh(opts)
+    assert {:ok, id} = Persist.save_snapshot(table, opts)
+    assert [{^id, _}] = Persist.get_snapshot_list(opts)
+    assert :ok = Persist.restore_snapshot(opts, id)
+  end
+
+  test "a reference table without :table_name raises ArgumentError", %{tmp_dir: tmp} do
+    table = new_table([{["a"], 1}])
+
+    for {fun, call} <- calls(table) do
+      error = assert_raise ArgumentError, fn -> call.(data_directory: tmp) end
+      assert error.message =~ ":table_name", "#{fun}: #{error.message}"
+    end
+
+    assert File.ls!(tmp) == []
+  end
+
+  test "options that are not a keyword list, and a table that is not a table, raise",
+       %{tmp_dir: tmp} do
+    table = new_table([{["a"], 1}])
+
+    for bad <- [%{data_directory: tmp}, [{"data_directory", tmp}], :opts, [1, 2]] do
+      assert_raise ArgumentError, fn -> Persist.persist_to_disk(table, bad) end
+      assert_raise ArgumentError, fn -> Persist.get_snapshot_list(bad) end
+    end
+
+    for bad <- ["table", 123, {:table}] do
+      assert_raise ArgumentError, fn ->
+        Persist.persist_to_disk(bad, data_directory: tmp, table_name: "t")
+      end
+
+      assert_raise ArgumentError, fn ->
+        Persist.restore_from_disk(bad, data_directory: tmp, table_name: "t")
+      end
+    end
+
+    assert File.ls!(tmp) == []
+  end
+
+  test "the default data directory is /tmp/property_table" do
+    assert PropertyTable.Persist.Options.defaults()[:data_directory] == "/tmp/property_table"
+  end
+end
