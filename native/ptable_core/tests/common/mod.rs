@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod scenarios;
 pub mod simfs;
 
 use ptable_core::{

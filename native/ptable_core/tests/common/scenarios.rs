@@ -1,0 +1,221 @@
+//! Table directories in known states on the simulated filesystem, shared by the crash-state
+//! and fault-injection tests.
+
+use super::simfs::{SimFs, State};
+use super::{chunks, options};
+use ptable_core::format::encode_legacy;
+use ptable_core::{
+    list_snapshots, CommitOutcome, Fs, PersistSession, Reason, SnapshotId, TableDir,
+};
+use std::path::Path;
+use std::sync::Arc;
+
+pub type Version = Vec<Vec<u8>>;
+pub type Outcome = Result<Version, Reason>;
+
+/// The table directory of every scenario.
+pub const TABLE: &str = "/data/table";
+
+pub fn table() -> TableDir {
+    TableDir::new(TABLE)
+}
+
+/// Table version `n`: `n + 1` chunks, distinct contents per version.
+pub fn version(n: u64) -> Version {
+    chunks(n as usize + 1, 120 + 16 * n as usize, 1000 + n)
+}
+
+/// The single chunk of the legacy snapshot.
+pub fn legacy_payload() -> Vec<u8> {
+    b"\x83l\x00\x00\x00\x01h\x02m\x00\x00\x00\x03keym\x00\x00\x00\x05valuej".to_vec()
+}
+
+pub fn arc(fs: &SimFs) -> Arc<dyn Fs> {
+    Arc::new(fs.clone())
+}
+
+/// Snapshot ids `prefix 00 .. 00 n`, n counting up.
+pub fn id_source(prefix: u8) -> impl FnMut() -> ptable_core::Result<SnapshotId> {
+    let mut n = 0u8;
+    move || {
+        n += 1;
+        Ok(SnapshotId::from_bytes([prefix, 0, 0, 0, 0, 0, 0, n]))
+    }
+}
+
+pub fn restore_outcome(fs: &dyn Fs) -> Outcome {
+    super::restore(fs, &table()).map(|(chunks, _)| chunks)
+}
+
+/// begin, append every chunk, commit; the session stays open (and locked) for a snapshot.
+pub fn persist_session(
+    fs: &SimFs,
+    data: &Version,
+) -> ptable_core::Result<(PersistSession, CommitOutcome)> {
+    let mut session = PersistSession::begin(arc(fs), table(), options(3))?;
+    for c in data {
+        session.append(c, 10)?;
+    }
+    let outcome = session.commit()?;
+    Ok((session, outcome))
+}
+
+pub fn persist(fs: &SimFs, data: &Version) -> ptable_core::Result<PersistSession> {
+    persist_session(fs, data).map(|(session, _)| session)
+}
+
+/// A filesystem with `/data` durable and nothing else.
+pub fn fresh() -> SimFs {
+    let fs = SimFs::new();
+    fs.create_dir(Path::new("/data")).unwrap();
+    fs.with_state(State::sync_everything);
+    fs
+}
+
+/// A directory state before an operation.
+#[derive(Clone)]
+pub struct Start {
+    pub name: &'static str,
+    pub state: State,
+    /// What restore may give after a crash before the operation (what it gives now, and
+    /// older contents that are what is durable).
+    pub old: Vec<Outcome>,
+    /// The snapshots as listed, with their contents.
+    pub snapshots: Vec<(SnapshotId, Version)>,
+}
+
+/// (a) Nothing there yet (not even the table directory).
+pub fn start_empty() -> Start {
+    Start {
+        name: "empty",
+        state: fresh().state(),
+        old: vec![Err(Reason::Enoent)],
+        snapshots: Vec::new(),
+    }
+}
+
+/// (a') No stable or backup file, one snapshot.
+pub fn start_snapshot_only() -> Start {
+    let fs = fresh();
+    let mut ids = id_source(0xA0);
+    let id = persist(&fs, &version(1))
+        .unwrap()
+        .snapshot(3, &mut ids)
+        .unwrap();
+    fs.remove_file(&table().stable()).unwrap();
+    fs.with_state(State::sync_everything);
+    assert_eq!(restore_outcome(&fs), Err(Reason::Enoent));
+    Start {
+        name: "snapshot-only",
+        state: fs.state(),
+        old: vec![Err(Reason::Enoent)],
+        snapshots: vec![(id, version(1))],
+    }
+}
+
+/// (b) Stable (v3), backup (v2), snapshots of v1 and v2 and a legacy one, and the leftovers
+/// of earlier crashes: a partial tmp file and a partial snapshot tmp file.
+pub fn start_full() -> Start {
+    let fs = fresh();
+    let mut ids = id_source(0xB0);
+    let s1 = persist(&fs, &version(1))
+        .unwrap()
+        .snapshot(3, &mut ids)
+        .unwrap();
+    let s2 = persist(&fs, &version(2))
+        .unwrap()
+        .snapshot(3, &mut ids)
+        .unwrap();
+    drop(persist(&fs, &version(3)).unwrap());
+    let legacy = SnapshotId::from_bytes([0xC0, 0, 0, 0, 0, 0, 0, 1]);
+    let write = |path: &Path, bytes: &[u8]| {
+        let mut f = fs.create(path).unwrap();
+        f.write_all(bytes).unwrap();
+    };
+    write(
+        &table().snapshot(&legacy),
+        &encode_legacy(&legacy_payload()),
+    );
+    write(&table().tmp(), b"PTABLE\x02\x00 cut off");
+    write(
+        &table().snapshots().join("B000000000000009.tmp"),
+        &[0u8; 100],
+    );
+    fs.with_state(State::sync_everything);
+    assert_eq!(restore_outcome(&fs), Ok(version(3)));
+    let snapshots = vec![
+        (legacy, vec![legacy_payload()]),
+        (s1, version(1)),
+        (s2, version(2)),
+    ];
+    let listed: Vec<_> = list_snapshots(&fs, &table())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(listed, snapshots.iter().map(|s| s.0).collect::<Vec<_>>());
+    Start {
+        name: "full",
+        state: fs.state(),
+        old: vec![Ok(version(3))],
+        snapshots,
+    }
+}
+
+/// (b) with a stable file that rotted (one byte flipped in its last frame): restore gives
+/// the backup, and the next install moves the stable file aside (quarantine).
+pub fn start_full_rotten_stable() -> Start {
+    let full = start_full();
+    let fs = SimFs::from_state(full.state);
+    let mut bytes = fs.state().read(&table().stable()).unwrap();
+    let at = bytes.len() - 3;
+    bytes[at] ^= 0x40;
+    fs.create(&table().stable())
+        .unwrap()
+        .write_all(&bytes)
+        .unwrap();
+    fs.with_state(State::sync_everything);
+    assert_eq!(restore_outcome(&fs), Ok(version(2)));
+    Start {
+        name: "full with a rotten stable file",
+        state: fs.state(),
+        old: vec![Ok(version(2))],
+        snapshots: full.snapshots,
+    }
+}
+
+/// `version(n)` with the chunks from `from` on replaced: shares a prefix with it.
+pub fn version_sharing_prefix(n: u64, from: usize) -> Version {
+    let mut v = version(n);
+    for (i, c) in v.iter_mut().enumerate().skip(from) {
+        *c = chunks(1, c.len() + i, 7000 + i as u64).remove(0);
+    }
+    v
+}
+
+/// (b) after a persist of `data` whose final directory fsync failed: the new stable file is
+/// in place but its rename (and the old one's to the backup) is not durable.
+pub fn start_after_failed_dir_sync(data: &Version) -> Start {
+    let full = start_full();
+    let probe = SimFs::from_state(full.state.clone());
+    probe.reset_calls();
+    drop(persist(&probe, data).unwrap());
+    let last_sync_dir = probe
+        .calls()
+        .iter()
+        .rposition(|c| c.kind == super::simfs::CallKind::SyncDir)
+        .expect("a persist fsyncs the directory");
+    let fs = SimFs::from_state(full.state.clone());
+    fs.reset_calls();
+    fs.inject_fault(last_sync_dir, 5);
+    let err = persist(&fs, data).err().expect("the directory fsync fails");
+    assert_eq!(err.reason, Reason::Os("eio"));
+    fs.clear_fault();
+    assert_eq!(restore_outcome(&fs).as_ref(), Ok(data));
+    Start {
+        name: "full, after a failed directory fsync",
+        state: fs.state(),
+        old: vec![full.old[0].clone(), Ok(data.clone())],
+        snapshots: full.snapshots,
+    }
+}
