@@ -60,7 +60,7 @@ defmodule PropertyTable.Persist do
   alias PropertyTable.Persist.{Error, Native, Options}
 
   @typedoc "An ETS table: its name or its reference."
-  @type table :: atom() | reference()
+  @type table :: :ets.table()
 
   @typedoc "A snapshot's creation time in UTC, as `File.stat/1` reports times."
   @type datetime :: {{pos_integer(), 1..12, 1..31}, {0..23, 0..59, 0..59}}
@@ -463,18 +463,14 @@ defmodule PropertyTable.Persist do
     with :ok <- result, do: native(Native.restore_rewind(reader), :restore_from_disk)
   end
 
-  defp prepare_target(table) when is_atom(table) do
-    if table_exists?(table) do
+  # Returns the table to fill and whether it was created here (and must go on failure).
+  defp prepare_target(table) do
+    if is_atom(table) and not table_exists?(table) do
+      {:ets.new(table, [:named_table, :public, :set]), true}
+    else
       :ets.delete_all_objects(table)
       {table, false}
-    else
-      {:ets.new(table, [:named_table, :public, :set]), true}
     end
-  end
-
-  defp prepare_target(table) do
-    :ets.delete_all_objects(table)
-    {table, false}
   end
 
   defp insert_chunks(table, reader, path, timestamp, safe?) do
@@ -523,15 +519,13 @@ defmodule PropertyTable.Persist do
   defp to_rows(_other, _ts, _acc), do: :error
 
   defp warn_failures(failures) do
-    for {reason, path} <- failures do
+    Enum.each(failures, fn {reason, path} ->
       Logger.warning("PropertyTable.Persist: skipping #{path}: #{Error.describe(reason)}")
-    end
+    end)
   end
 
   defp log_quarantined(paths) do
-    for path <- paths do
-      Logger.error("PropertyTable.Persist: moved corrupt file aside to #{path}")
-    end
+    Enum.each(paths, &Logger.error("PropertyTable.Persist: moved corrupt file aside to #{&1}"))
   end
 
   ## Snapshots

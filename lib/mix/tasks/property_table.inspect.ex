@@ -133,12 +133,12 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
         column |> Tuple.to_list() |> Enum.map(&String.length/1) |> Enum.max()
       end)
 
-    for row <- rows do
+    Enum.each(rows, fn row ->
       row
       |> Enum.zip(widths)
       |> Enum.map_join("  ", fn {cell, width} -> String.pad_trailing(cell, width) end)
       |> String.trim_trailing()
       |> Mix.shell().info()
-    end
+    end)
   end
 end

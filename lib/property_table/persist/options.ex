@@ -112,6 +112,7 @@ defmodule PropertyTable.Persist.Options do
   defp boolean!(_key, value) when is_boolean(value), do: value
   defp boolean!(key, value), do: bad!(key, value, "must be true or false")
 
+  @spec bad!(atom(), term(), String.t()) :: no_return()
   defp bad!(key, value, why) do
     raise ArgumentError, "invalid value for option #{inspect(key)}: #{inspect(value)} (#{why})"
   end
