@@ -439,8 +439,8 @@ defmodule PropertyTable.Persist do
   # a first pass decodes every chunk so that a file needing unknown atoms is refused before
   # the table is touched.
   defp load_verified(table, reader, path, opts) do
-    with :ok <- if(opts.safe, do: check_decodes(reader, path), else: :ok) do
-      {target, created?} = prepare_target(table)
+    with :ok <- if(opts.safe, do: check_decodes(reader, path), else: :ok),
+         {:ok, target, created?} <- prepare_target(table) do
       timestamp = System.monotonic_time()
 
       case insert_chunks(target, reader, path, timestamp, opts.safe) do
@@ -464,22 +464,32 @@ defmodule PropertyTable.Persist do
   end
 
   # Returns the table to fill and whether it was created here (and must go on failure).
+  # A table this process may not write (protected, owned elsewhere) is `:no_table`.
   defp prepare_target(table) do
     if is_atom(table) and not table_exists?(table) do
-      {:ets.new(table, [:named_table, :public, :set]), true}
+      {:ok, :ets.new(table, [:named_table, :public, :set]), true}
     else
       :ets.delete_all_objects(table)
-      {table, false}
+      {:ok, table, false}
     end
+  rescue
+    ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
   end
 
   defp insert_chunks(table, reader, path, timestamp, safe?) do
     each_chunk(reader, path, fn bin, rows ->
       with {:ok, rows} <- decode_chunk(bin, rows, path, safe?, timestamp) do
-        :ets.insert(table, rows)
-        :ok
+        insert_rows(table, rows)
       end
     end)
+  end
+
+  # The table can be deleted by its owner while rows are going in.
+  defp insert_rows(table, rows) do
+    :ets.insert(table, rows)
+    :ok
+  rescue
+    ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
   end
 
   defp each_chunk(reader, path, fun) do

@@ -129,6 +129,31 @@ defmodule PropertyTable.OperatorToolsTest do
     assert :ets.info(:ops_safe_ok, :size) == 2
   end
 
+  test "restoring into a table this process may not write is :no_table, not a crash", %{
+    tmp_dir: dir
+  } do
+    :ok = Persist.persist_to_disk(table_with([{["a"], 1}]), opts(dir))
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        send(parent, {:table, :ets.new(:ops_protected, [:set, :protected])})
+        Process.sleep(:infinity)
+      end)
+
+    protected =
+      receive do
+        {:table, t} -> t
+      end
+
+    capture_log(fn ->
+      assert {:error, :no_table} = Persist.restore_from_disk(protected, opts(dir))
+    end)
+
+    assert :ets.info(protected, :size) == 0
+    Process.exit(owner, :kill)
+  end
+
   describe "mix property_table.inspect" do
     test "prints the files and dumps rows", %{tmp_dir: dir} do
       table = table_with([{["net", "eth0"], :up}, {["z"], 26}])
