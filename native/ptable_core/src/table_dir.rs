@@ -349,6 +349,11 @@ impl PersistSession {
             // All frames matched, and reading past the last checks the header's totals.
             if matches!(stable.next_stored_frame(), Ok(None)) && h.content_digest == digest {
                 self.mode = None;
+                // The stable file may have been renamed in by a commit whose directory fsync
+                // failed: make its name durable before reporting success.
+                self.fs
+                    .sync_dir(self.dir.root())
+                    .map_err(|e| Error::io(&e, self.dir.root()))?;
                 self.committed = true;
                 return Ok(CommitOutcome::Unchanged);
             }

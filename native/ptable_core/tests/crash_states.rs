@@ -232,6 +232,7 @@ fn explore(scn: &Scenario) -> Report {
 fn scenarios() -> Vec<Scenario> {
     let (empty, snapshot_only, full) = (start_empty(), start_snapshot_only(), start_full());
     let rotten = start_full_rotten_stable();
+    let after_failed_sync = start_after_failed_dir_sync(&version(5));
     let new = version(5);
     let snapshot = |max| Op::PersistAndSnapshot {
         data: new.clone(),
@@ -249,6 +250,18 @@ fn scenarios() -> Vec<Scenario> {
             "persist of the unchanged table",
             &full,
             Op::Persist(version(3)),
+        ),
+        // The previous persist's directory fsync failed: persisting the same table again must
+        // still make it durable; persisting another one must not bring back anything else.
+        Scenario::labelled(
+            "persist of the same table again",
+            &after_failed_sync,
+            Op::Persist(new.clone()),
+        ),
+        Scenario::labelled(
+            "persist of another table",
+            &after_failed_sync,
+            Op::Persist(version(6)),
         ),
         // The rotten stable file is quarantined, the good backup stays.
         Scenario::new(&rotten, Op::Persist(new.clone())),
