@@ -27,11 +27,30 @@ defmodule PropertyTable.PersistApiTest do
       assert File.regular?(stable_path(dir))
       refute File.exists?(tmp_path(dir))
       assert {:ok, sort(data)} == restore_fresh(opts(dir))
-      # The second persist keeps the first file as the backup.
+      # The next persist of changed contents keeps the first file as the backup.
       refute File.exists?(backup_path(dir))
       first = File.read!(stable_path(dir))
+      insert_pairs(table, [{["changed"], true}])
       assert :ok = Persist.persist_to_disk(table, opts(dir))
       assert File.read!(backup_path(dir)) == first
+      assert {:ok, sort([{["changed"], true} | data])} == restore_fresh(opts(dir))
+      refute File.exists?(tmp_path(dir))
+    end
+
+    test "persisting unchanged contents keeps a file that restores", %{tmp_dir: dir} do
+      data = realistic_pairs(300)
+      table = new_table(data)
+
+      for _ <- 1..3 do
+        assert :ok = Persist.persist_to_disk(table, opts(dir, chunk_size: 50))
+        assert {:ok, sort(data)} == restore_fresh(opts(dir))
+        refute File.exists?(tmp_path(dir))
+      end
+
+      # Same rows, new timestamps: still the same contents.
+      insert_pairs(table, data)
+      assert :ok = Persist.persist_to_disk(table, opts(dir, chunk_size: 50))
+      assert {:ok, sort(data)} == restore_fresh(opts(dir))
     end
 
     test "an atom table's name is the default :table_name", %{tmp_dir: dir} do
