@@ -265,12 +265,14 @@ impl PersistSession {
                 stable: Box::new(stable),
                 matched: 0,
             },
-            None => Mode::Writing(ChunkWriter::create(
-                fs.as_ref(),
-                &dir.tmp(),
-                options,
-                stamp,
-            )?),
+            None => match ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp) {
+                Ok(writer) => Mode::Writing(writer),
+                Err(e) => {
+                    // The tmp file may exist with part of its placeholder header.
+                    remove_if_present(fs.as_ref(), &dir.tmp());
+                    return Err(e);
+                }
+            },
         };
         Ok(PersistSession {
             fs,
@@ -288,8 +290,21 @@ impl PersistSession {
         &self.dir
     }
 
-    /// Appends one chunk: the encoding of `rows` rows.
+    /// Appends one chunk: the encoding of `rows` rows. A failed append ends the session: the
+    /// tmp file (which may hold part of a frame) is removed and later calls get `closed`.
     pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
+        if self.mode.is_none() {
+            return Err(Error::without_path(Reason::Closed));
+        }
+        let result = self.append_chunk(raw, rows);
+        if result.is_err() {
+            self.mode = None;
+            remove_if_present(self.fs.as_ref(), &self.dir.tmp());
+        }
+        result
+    }
+
+    fn append_chunk(&mut self, raw: &[u8], rows: u64) -> Result<()> {
         self.digest.update(raw);
         match self.mode.as_mut() {
             None => Err(Error::without_path(Reason::Closed)),
@@ -357,7 +372,10 @@ impl PersistSession {
                 self.committed = true;
                 return Ok(CommitOutcome::Unchanged);
             }
-            self.start_writing()?;
+            if let Err(e) = self.start_writing() {
+                remove_if_present(self.fs.as_ref(), &self.dir.tmp());
+                return Err(e);
+            }
         }
         let Some(Mode::Writing(writer)) = self.mode.take() else {
             return Err(Error::without_path(Reason::Closed));
