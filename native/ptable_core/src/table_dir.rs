@@ -580,7 +580,8 @@ pub struct SnapshotEntry {
     pub created_unix_us: i64,
 }
 
-/// Snapshots ordered oldest first. A missing snapshots directory gives an empty list.
+/// Snapshots ordered oldest first. A missing snapshots directory gives an empty list; a
+/// snapshot that cannot be read for another reason than corruption gives that error.
 pub fn list_snapshots(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<SnapshotEntry>> {
     let snapshots = dir.snapshots();
     let names = match fs.read_dir(&snapshots) {
@@ -601,14 +602,24 @@ pub fn list_snapshots(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<SnapshotEntry>>
                 sequence: Some(h.sequence),
                 created_unix_us: h.created_unix_us,
             },
+            // An I/O error says nothing about the file's place in the order; listing it as
+            // unreadable would make retention delete it first.
+            Err(e)
+                if !e.reason.is_corruption()
+                    && !matches!(e.reason, Reason::Enoent | Reason::Os("eisdir")) =>
+            {
+                return Err(e)
+            }
             Ok(FileHeader::Legacy { .. }) | Err(_) => match fs.metadata(&path) {
                 Ok(meta) if !meta.is_dir => SnapshotEntry {
                     id,
                     sequence: None,
                     created_unix_us: unix_us(meta.modified),
                 },
-                // Deleted meanwhile, or a directory with a snapshot's name.
-                _ => continue,
+                // A directory with a snapshot's name, or deleted meanwhile.
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(&e, &path)),
             },
         };
         entries.push(entry);
