@@ -67,18 +67,23 @@ impl TableDir {
 }
 
 /// Creates `path` and any missing ancestor, fsyncing each parent so the new entries survive
-/// a power cut.
+/// a power cut. The parent of a directory that already exists is fsynced too: an earlier
+/// call may have created it and then failed to fsync.
 pub fn ensure_dir(fs: &dyn Fs, path: &Path) -> Result<()> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        Some(_) => Path::new("."),
+        // The filesystem root.
+        None => return Ok(()),
+    };
     match fs.metadata(path) {
-        Ok(meta) if meta.is_dir => return Ok(()),
+        Ok(meta) if meta.is_dir => {
+            return fs.sync_dir(parent).map_err(|e| Error::io(&e, parent));
+        }
         Ok(_) => return Err(Error::new(Reason::Os("enotdir"), path)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io(&e, path)),
     }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     if parent != path {
         ensure_dir(fs, parent)?;
     }
