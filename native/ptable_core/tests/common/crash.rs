@@ -298,7 +298,7 @@ pub fn for_each_crash_state(
 
 /// `state` with every pending change dropped: what survives when nothing unsynced reaches
 /// the disk.
-fn durable_only(state: &State) -> State {
+pub fn durable_only(state: &State) -> State {
     let mut s = state.clone();
     for node in &mut s.nodes {
         match &mut node.kind {
