@@ -172,15 +172,21 @@ defmodule PropertyTable.PersistConcurrencyTest do
     assert statuses == %{a: 0, b: 0},
            "#{inspect(statuses)}\n#{ChildVM.output(a)}\n#{ChildVM.output(b)}"
 
-    acks_a = for {:a, g} <- order, do: g
-    acks_b = for {:b, g} <- order, do: g
+    acks_a = for {:a, g} when is_integer(g) <- order, do: g
+    acks_b = for {:b, g} when is_integer(g) <- order, do: g
     assert acks_a == Enum.to_list(1..count)
     assert acks_b == Enum.to_list(100_001..(100_000 + count))
 
-    # They ran at the same time: the ACK streams interleave.
-    switches = order |> Enum.chunk_by(&elem(&1, 0)) |> length()
-    IO.puts("[concurrency] two OS processes, #{count} persists each: #{switches - 1} switches")
-    assert switches > 2, "the two VMs did not overlap: #{inspect(order)}"
+    # They ran at the same time: both had started writing before either had finished. (How
+    # often the lock changed hands is up to the scheduler; it is printed, not asserted.)
+    first_done = Enum.find_index(order, &match?({_, :done}, &1))
+    assert Enum.find_index(order, &(&1 == {:a, :start})) < first_done
+    assert Enum.find_index(order, &(&1 == {:b, :start})) < first_done
+    switches = order |> Enum.filter(&is_integer(elem(&1, 1))) |> Enum.chunk_by(&elem(&1, 0))
+
+    IO.puts(
+      "[concurrency] two OS processes, #{count} persists each: #{length(switches) - 1} switches"
+    )
 
     # The stable file holds the last write of one of them, the backup a whole earlier one.
     assert {:ok, pairs} = restore_fresh(opts(dir))
@@ -217,5 +223,7 @@ defmodule PropertyTable.PersistConcurrencyTest do
   end
 
   defp ack(order, who, "ACK " <> g), do: [{who, String.to_integer(g)} | order]
+  defp ack(order, who, "START"), do: [{who, :start} | order]
+  defp ack(order, who, "DONE"), do: [{who, :done} | order]
   defp ack(order, _who, _line), do: order
 end
