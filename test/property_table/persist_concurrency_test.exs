@@ -163,8 +163,8 @@ defmodule PropertyTable.PersistConcurrencyTest do
     b = ChildVM.start()
     a = ChildVM.await_ready(a)
     b = ChildVM.await_ready(b)
-    ChildVM.send_line(a, "GO persist_n #{dir} #{rows} 1 #{count}")
-    ChildVM.send_line(b, "GO persist_n #{dir} #{rows} 100001 #{count}")
+    ChildVM.send_line(a, "GO persist_n #{ChildVM.path_arg(dir)} #{rows} 1 #{count}")
+    ChildVM.send_line(b, "GO persist_n #{ChildVM.path_arg(dir)} #{rows} 100001 #{count}")
 
     # Collect both ACK streams in arrival order, until both have exited.
     {order, statuses, a, b} = collect_two(a, b, [], %{})

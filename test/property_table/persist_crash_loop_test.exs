@@ -55,7 +55,7 @@ defmodule PropertyTable.PersistCrashLoopTest do
         killer,
         %{disk: 0, mode: :persist, dir: dir},
         fn state ->
-          "GO persist #{dir} #{@rows} #{state.disk + 1}"
+          "GO persist #{ChildVM.path_arg(dir)} #{@rows} #{state.disk + 1}"
         end,
         fn state, acks ->
           last = List.last(acks, state.disk)
@@ -78,7 +78,7 @@ defmodule PropertyTable.PersistCrashLoopTest do
         killer,
         %{disk: 0, mode: :snapshot, dir: dir},
         fn state ->
-          "GO snapshot #{dir} #{@rows} #{state.disk + 1} #{@max_snapshots}"
+          "GO snapshot #{ChildVM.path_arg(dir)} #{@rows} #{state.disk + 1} #{@max_snapshots}"
         end,
         fn state, acks ->
           last = List.last(acks, state.disk)
@@ -129,7 +129,7 @@ defmodule PropertyTable.PersistCrashLoopTest do
         %{disk: 1003, mode: :restore_snapshot, dir: dir},
         fn state ->
           # Start with the snapshot after the one on disk, so every step changes the files.
-          "GO restore_snapshot #{dir} #{state.disk - 1001 + 1} #{Enum.join(ids, ",")}"
+          "GO restore_snapshot #{ChildVM.path_arg(dir)} #{state.disk - 1001 + 1} #{Enum.join(ids, ",")}"
         end,
         fn state, acks ->
           {last, next} =

@@ -69,6 +69,9 @@ defmodule PropertyTable.Persist.TestSupport.ChildVM do
     end
   end
 
+  @doc "A path as one word of a GO line (paths may contain spaces)."
+  def path_arg(path), do: Base.url_encode64(path, padding: false)
+
   @doc "Sends one line to the child's stdin."
   def send_line(%__MODULE__{port: port}, line) do
     true = Port.command(port, [line, ?\n])
@@ -134,7 +137,7 @@ defmodule PropertyTable.Persist.TestSupport.Child do
   @moduledoc """
   The program run by `ChildVM`. Prints `READY`, waits for one line:
 
-    * `GO persist <data_dir> <rows> <first_gen>` - forever: write generation g into every
+    * `GO persist <data_dir> <rows> <first_gen>` (`<data_dir>` encoded with `ChildVM.path_arg/1`) - forever: write generation g into every
       row of a table of `rows` rows, `persist_to_disk!/2`, print `ACK g`; g = first_gen, ...
     * `GO snapshot <data_dir> <rows> <first_gen> <max_snapshots>` - the same with
       `save_snapshot!/2`.
@@ -238,13 +241,17 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     end
   end
 
-  defp run(["GO", "persist", dir, rows, first]) do
+  defp run(["GO", mode, dir | args]) when mode != "decoded" do
+    run(["GO", "decoded", mode, Base.url_decode64!(dir, padding: false) | args])
+  end
+
+  defp run(["GO", "decoded", "persist", dir, rows, first]) do
     loop_writes(dir, String.to_integer(rows), String.to_integer(first), :infinity, fn t, o ->
       Persist.persist_to_disk!(t, o)
     end)
   end
 
-  defp run(["GO", "snapshot", dir, rows, first, max]) do
+  defp run(["GO", "decoded", "snapshot", dir, rows, first, max]) do
     max = String.to_integer(max)
 
     loop_writes(dir, String.to_integer(rows), String.to_integer(first), :infinity, fn t, o ->
@@ -252,7 +259,7 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     end)
   end
 
-  defp run(["GO", "persist_n", dir, rows, first, count]) do
+  defp run(["GO", "decoded", "persist_n", dir, rows, first, count]) do
     first = String.to_integer(first)
     last = first + String.to_integer(count) - 1
 
@@ -264,7 +271,7 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     System.halt(0)
   end
 
-  defp run(["GO", "restore_snapshot", dir, first, ids]) do
+  defp run(["GO", "decoded", "restore_snapshot", dir, first, ids]) do
     ids = ids |> String.split(",") |> List.to_tuple()
     opts = [data_directory: dir, table_name: "t"]
 
