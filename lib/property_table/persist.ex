@@ -70,6 +70,9 @@ defmodule PropertyTable.Persist do
   @bad_row :__property_table_persist_bad_row__
   @row_spec [{{:"$1", :"$2", :_}, [], [{{:"$1", :"$2"}}]}, {:_, [], [@bad_row]}]
 
+  # Rows per :ets.select/3 batch when a restore keeps a table's previous rows aside.
+  @copy_chunk_rows 1000
+
   @doc """
   Writes the whole table to disk.
 
@@ -121,7 +124,8 @@ defmodule PropertyTable.Persist do
   that was cut off), logging a warning for each file that does not verify. When `table` is
   an atom and no such table exists, a named public `:set` table is created. An existing
   table's contents are replaced. Every row gets the same `System.monotonic_time/0`
-  timestamp. On failure the table is left untouched (and none is created).
+  timestamp. On failure the table is left as it was (and none is created): its previous
+  rows are kept aside until the last chunk is in, and put back if a chunk fails.
 
   Returns `{:error, :enoent}` when there is nothing to restore, `{:error, :bad_checksum}` or
   `{:error, :bad_file}` when files exist but none verifies (logged as data loss), or a POSIX
@@ -435,45 +439,97 @@ defmodule PropertyTable.Persist do
     if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, :restore_from_disk)}
   end
 
-  # The file has verified completely (every checksum) before this runs. With `safe: true`,
-  # a first pass decodes every chunk so that a file needing unknown atoms is refused before
-  # the table is touched.
+  # The file verified completely (every checksum) before this runs, yet a chunk can still
+  # fail on the way in: a read error, a file replaced on disk meanwhile, a checksummed
+  # payload from another writer that does not decode, or (with `safe: true`) an unknown
+  # atom. So the table's previous rows are kept aside until the last chunk is in and put
+  # back on failure: the table ends up holding the whole file or what it held before.
   defp load_verified(table, reader, path, opts) do
-    with :ok <- if(opts.safe, do: check_decodes(reader, path), else: :ok),
-         {:ok, target, created?} <- prepare_target(table) do
-      timestamp = System.monotonic_time()
-
-      case insert_chunks(target, reader, path, timestamp, opts.safe) do
+    with {:ok, target, previous} <- prepare_target(table) do
+      try do
+        insert_chunks(target, reader, path, System.monotonic_time(), opts.safe)
+      else
         :ok ->
           :ok
 
         {:error, _} = error ->
-          if created?, do: :ets.delete(target)
+          roll_back(target, previous)
           error
+      after
+        drop_saved(previous)
       end
     end
   end
 
-  defp check_decodes(reader, path) do
-    result =
-      each_chunk(reader, path, fn bin, rows ->
-        with {:ok, _} <- decode_chunk(bin, rows, path, true, 0), do: :ok
-      end)
-
-    with :ok <- result, do: native(Native.restore_rewind(reader), :restore_from_disk)
-  end
-
-  # Returns the table to fill and whether it was created here (and must go on failure).
+  # Returns the table to fill and what it held: `:created` (a named table made here, to be
+  # deleted on failure), `:empty`, or `{:saved, copy}` (a private copy of its rows).
   # A table this process may not write (protected, owned elsewhere) is `:no_table`.
   defp prepare_target(table) do
-    if is_atom(table) and not table_exists?(table) do
-      {:ok, :ets.new(table, [:named_table, :public, :set]), true}
-    else
-      :ets.delete_all_objects(table)
-      {:ok, table, false}
+    cond do
+      is_atom(table) and not table_exists?(table) ->
+        {:ok, :ets.new(table, [:named_table, :public, :set]), :created}
+
+      :ets.info(table, :size) == 0 ->
+        :ets.delete_all_objects(table)
+        {:ok, table, :empty}
+
+      true ->
+        {:ok, table, {:saved, move_rows_aside(table)}}
     end
   rescue
     ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
+  end
+
+  defp move_rows_aside(table) do
+    saved = :ets.new(__MODULE__, [:duplicate_bag, :private, keypos: :ets.info(table, :keypos)])
+
+    try do
+      copy_rows(table, saved)
+      :ets.delete_all_objects(table)
+      saved
+    rescue
+      error ->
+        :ets.delete(saved)
+        reraise error, __STACKTRACE__
+    end
+  end
+
+  defp roll_back(target, :created), do: delete_table(target)
+
+  defp roll_back(target, previous) do
+    :ets.delete_all_objects(target)
+    with {:saved, saved} <- previous, do: copy_rows(saved, target)
+  rescue
+    # Deleted by its owner meanwhile: nothing left to put back.
+    ArgumentError -> :ok
+  end
+
+  defp drop_saved({:saved, saved}), do: :ets.delete(saved)
+  defp drop_saved(_previous), do: :ok
+
+  defp delete_table(table) do
+    :ets.delete(table)
+  rescue
+    ArgumentError -> true
+  end
+
+  defp copy_rows(from, to) do
+    fixed? = fix_table(from, true)
+
+    try do
+      from
+      |> :ets.select([{:_, [], [:"$_"]}], @copy_chunk_rows)
+      |> copy_selected(to)
+    after
+      if fixed?, do: fix_table(from, false)
+    end
+  end
+
+  defp copy_selected(:"$end_of_table", _to), do: :ok
+
+  defp copy_selected({rows, continuation}, to) do
+    :ets.insert(to, rows)
+    continuation |> :ets.select() |> copy_selected(to)
   end
 
   defp insert_chunks(table, reader, path, timestamp, safe?) do

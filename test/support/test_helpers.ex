@@ -132,7 +132,11 @@ defmodule PropertyTable.Persist.TestHelpers do
 
   @doc "A fresh atom name that does not exist in this VM."
   def unused_atom_name(prefix \\ "ptp_never_created_") do
-    name = prefix <> Base.encode16(:crypto.strong_rand_bytes(10))
+    name =
+      prefix <>
+        Integer.to_string(System.unique_integer([:positive])) <>
+        "_" <> Integer.to_string(:rand.uniform(1_000_000_000))
+
     refute atom_exists?(name)
     name
   end

@@ -27,7 +27,6 @@ defmodule PropertyTable.Persist.Native do
   def persist_close(_session), do: :erlang.nif_error(:nif_not_loaded)
   def restore_open(_dir, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
   def restore_next(_reader), do: :erlang.nif_error(:nif_not_loaded)
-  def restore_rewind(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def restore_close(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)

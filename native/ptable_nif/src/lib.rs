@@ -249,19 +249,6 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
     }
 }
 
-/// Goes back to the first chunk (for a checking pass before the real one).
-#[rustler::nif(schedule = "DirtyIo")]
-fn restore_rewind<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
-    let mut guard = match reader.0.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match guard.as_mut() {
-        Some(file) => ok_or_error(env, file.rewind()),
-        None => closed_error(env),
-    }
-}
-
 /// Closes the file early (it is also closed when the reader is collected).
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_close(reader: ResourceArc<ReaderResource>) -> Atom {
