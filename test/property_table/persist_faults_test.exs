@@ -75,6 +75,83 @@ defmodule PropertyTable.PersistFaultsTest do
 
   defp being_traversed?(table), do: :ets.info(table, :safe_fixed) not in [false, :undefined]
 
+  test "a read-only data directory: writes fail clearly, reads still work, no byte changes",
+       %{tmp_dir: tmp} do
+    rw = Path.join(tmp, "rw")
+    old = realistic_pairs(300, 1)
+    new = realistic_pairs(300, 2)
+    table = new_table(old)
+    :ok = Persist.persist_to_disk(table, opts(rw))
+    {:ok, id} = Persist.save_snapshot(table, opts(rw))
+    :ets.delete_all_objects(table)
+    insert_pairs(table, new)
+    :ok = Persist.persist_to_disk(table, opts(rw))
+    # A rotten stable file: restore must fall back to the backup without moving it aside.
+    stable = File.read!(stable_path(rw))
+    File.write!(stable_path(rw), flip_bit(stable, div(byte_size(stable), 2), 3))
+
+    case read_only_view(rw, Path.join(tmp, "ro")) do
+      {:ok, dir, how} ->
+        IO.puts("\n[faults] read-only data directory made with #{how}")
+        check_read_only_dir(dir, table, id, old)
+
+      {:error, why} ->
+        # Root without CAP_SYS_ADMIN can make no read-only directory of its own; /proc/self
+        # is one for everybody (its files are not table files, so only writes are checked).
+        IO.puts("\n[faults] read-only data directory: #{why}; checking /proc/self instead")
+        o = [data_directory: "/proc", table_name: "self"]
+        capture_log(fn -> assert :error = Persist.persist_to_disk(table, o) end)
+        capture_log(fn -> assert :error = Persist.save_snapshot(table, o) end)
+    end
+  end
+
+  defp check_read_only_dir(dir, table, id, old) do
+    before = tree(dir)
+    o = opts(dir)
+
+    log = capture_log(fn -> assert :error = Persist.persist_to_disk(table, o) end)
+    assert log =~ "read-only" or log =~ "permission denied"
+    e = assert_raise Error, fn -> Persist.persist_to_disk!(table, o) end
+    assert e.reason in [:erofs, :eacces]
+    capture_log(fn -> assert :error = Persist.save_snapshot(table, o) end)
+    assert {:error, reason} = Persist.restore_snapshot(o, id)
+    assert reason in [:erofs, :eacces]
+
+    capture_log(fn -> assert {:ok, sort(old)} == restore_fresh(o) end)
+    assert [{^id, _}] = Persist.get_snapshot_list(o)
+    assert [_ | _] = Persist.inspect_files(o)
+    assert tree(dir) == before
+  end
+
+  # A read-only copy of `dir`: a read-only bind mount when this runs as root (permission
+  # bits do not stop root), else the permission bits.
+  defp read_only_view(dir, mount_point) do
+    File.mkdir_p!(mount_point)
+
+    with {_, 0} <- System.cmd("mount", ["--bind", dir, mount_point], stderr_to_stdout: true),
+         {_, 0} <-
+           System.cmd("mount", ["-o", "remount,ro,bind", mount_point], stderr_to_stdout: true) do
+      on_exit(fn -> System.cmd("umount", [mount_point]) end)
+      {:ok, mount_point, "a read-only bind mount"}
+    else
+      {output, _} ->
+        if own_uid() == 0 do
+          {:error, "mount failed (#{String.trim(output)})"}
+        else
+          for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true) ++ [dir],
+              do: File.chmod!(path, if(File.dir?(path), do: 0o555, else: 0o444))
+
+          on_exit(fn -> System.cmd("chmod", ["-R", "u+w", dir]) end)
+          {:ok, dir, "permission bits"}
+        end
+    end
+  end
+
+  defp own_uid do
+    {uid, 0} = System.cmd("id", ["-u"])
+    uid |> String.trim() |> String.to_integer()
+  end
+
   test "a table deleted by another process in the middle of persist_to_disk", %{tmp_dir: dir} do
     previous = realistic_pairs(100, 1)
     :ok = Persist.persist_to_disk(new_table(previous), opts(dir))
