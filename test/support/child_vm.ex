@@ -183,21 +183,28 @@ defmodule PropertyTable.Persist.TestSupport.Child do
 
   def main do
     :ok = :io.setopts(:standard_io, binary: true, encoding: :unicode)
+    {:ok, stdout} = :file.open("/dev/stdout", [:write, :raw, :binary])
+    Process.put(:stdout, stdout)
     parent = self()
     # Every line from stdin goes to the main process; EOF (the parent closed the port or
     # died) halts the VM at once.
     spawn_link(fn -> read_stdin(parent) end)
     warm_up()
-    IO.puts("READY")
+    say("READY")
 
     receive do
       {:line, line} -> run(String.split(line, " "))
     end
   catch
     kind, reason ->
-      IO.puts("CHILD FAILED: " <> Exception.format(kind, reason, __STACKTRACE__))
+      say("CHILD FAILED: " <> Exception.format(kind, reason, __STACKTRACE__))
       System.halt(2)
   end
+
+  # Lines go to fd 1 with a plain write(2) before the child goes on. IO.puts only hands the
+  # line to the VM's stdout port, which writes it a little later: a kill -9 in between lost
+  # ACKs of writes that had completed (seen as "restored 172, last ACK 169" under load).
+  defp say(line), do: :ok = :file.write(Process.get(:stdout), [line, ?\n])
 
   # Loads every module a run uses (the VM loads modules lazily, which would make the first
   # write much slower than the next ones), without touching any file.
@@ -267,7 +274,7 @@ defmodule PropertyTable.Persist.TestSupport.Child do
       Persist.persist_to_disk!(t, [chunk_size: 100] ++ o)
     end)
 
-    IO.puts("DONE")
+    say("DONE")
     System.halt(0)
   end
 
@@ -275,12 +282,12 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     ids = ids |> String.split(",") |> List.to_tuple()
     opts = [data_directory: dir, table_name: "t"]
 
-    IO.puts("START")
+    say("START")
 
     Stream.iterate(String.to_integer(first), &(&1 + 1))
     |> Enum.each(fn i ->
       :ok = Persist.restore_snapshot!(opts, elem(ids, rem(i, tuple_size(ids))))
-      IO.puts("ACK #{i}")
+      say("ACK #{i}")
     end)
   end
 
@@ -288,14 +295,14 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     table = :ets.new(:child_table, [:set, :public])
     opts = [data_directory: dir, table_name: "t"]
 
-    IO.puts("START")
+    say("START")
 
     Stream.iterate(first, &(&1 + 1))
     |> Stream.take_while(&(last == :infinity or &1 <= last))
     |> Enum.each(fn gen ->
       :ets.insert(table, rows(gen, rows))
       write.(table, opts)
-      IO.puts("ACK #{gen}")
+      say("ACK #{gen}")
     end)
   end
 end
