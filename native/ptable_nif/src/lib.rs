@@ -4,11 +4,13 @@
 
 use ptable_core::{
     inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Error, FileHeader,
-    PersistSession, SnapshotId, StdFs, TableDir, TableFile, WriteOptions,
+    PersistSession, Reason, SnapshotId, StdFs, TableDir, TableFile, WriteOptions,
 };
 use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
 use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 mod atoms {
     rustler::atoms! {
@@ -21,7 +23,88 @@ mod atoms {
 }
 
 /// A persist in progress (holds the table directory's lock until closed or collected).
-struct SessionResource(Mutex<Option<PersistSession>>);
+struct SessionResource(Mutex<SessionState>);
+
+/// Chunks waiting for the writer thread, beyond the one it is working on: enough to keep
+/// it busy while the caller reads the next chunk from ETS, and a bound on their memory.
+const QUEUED_CHUNKS: usize = 2;
+
+/// Appended chunks go to a writer thread that owns the session, so compressing, hashing
+/// and writing one chunk overlaps with the caller reading and encoding the next one. Every
+/// other call first waits for the thread to finish the queued chunks and takes the
+/// session back. An append that fails ends the session (as `PersistSession::append`
+/// does); its error is returned by the next append or by the commit.
+enum SessionState {
+    Idle(Box<PersistSession>),
+    Streaming {
+        chunks: SyncSender<(Vec<u8>, u64)>,
+        writer: JoinHandle<(Box<PersistSession>, ptable_core::Result<()>)>,
+    },
+    Closed,
+}
+
+impl SessionState {
+    /// Hands a chunk to the writer thread, starting it on the first chunk.
+    fn append(&mut self, raw: &[u8], rows: u64) -> ptable_core::Result<()> {
+        if let SessionState::Idle(_) = self {
+            let SessionState::Idle(mut session) = std::mem::replace(self, SessionState::Closed)
+            else {
+                unreachable!()
+            };
+            let dir = session.dir().root().to_path_buf();
+            let (chunks, queue) = sync_channel::<(Vec<u8>, u64)>(QUEUED_CHUNKS);
+            // If no thread can be started, the session is dropped with the closure: its
+            // tmp file is removed and the lock released.
+            let writer = std::thread::Builder::new()
+                .name("ptable_writer".into())
+                .spawn(move || {
+                    // Ends when the sender is dropped, or at the first failure (dropping
+                    // the queue, which makes the next send fail).
+                    for (raw, rows) in queue {
+                        if let Err(e) = session.append(&raw, rows) {
+                            return (session, Err(e));
+                        }
+                    }
+                    (session, Ok(()))
+                })
+                .map_err(|e| Error::io(&e, &dir))?;
+            *self = SessionState::Streaming { chunks, writer };
+        }
+        match self {
+            SessionState::Streaming { chunks, .. } => {
+                if chunks.send((raw.to_vec(), rows)).is_ok() {
+                    return Ok(());
+                }
+                // The writer stopped at a failure: report it.
+                self.drain().map(|_| ())
+            }
+            _ => Err(Error::without_path(Reason::Closed)),
+        }
+    }
+
+    /// Waits for the writer thread to finish the queued chunks and returns the session, or
+    /// the error that ended it.
+    fn drain(&mut self) -> ptable_core::Result<&mut PersistSession> {
+        if let SessionState::Streaming { .. } = self {
+            let SessionState::Streaming { chunks, writer } =
+                std::mem::replace(self, SessionState::Closed)
+            else {
+                unreachable!()
+            };
+            drop(chunks);
+            // A panic in the writer leaves the session closed (and its lock released).
+            let (session, result) = writer
+                .join()
+                .map_err(|_| Error::without_path(Reason::Closed))?;
+            *self = SessionState::Idle(session);
+            result?;
+        }
+        match self {
+            SessionState::Idle(session) => Ok(session),
+            _ => Err(Error::without_path(Reason::Closed)),
+        }
+    }
+}
 
 #[rustler::resource_impl]
 impl Resource for SessionResource {}
@@ -111,30 +194,39 @@ fn persist_begin<'a>(env: Env<'a>, dir: Binary, level: u8, chunk_rows: u32) -> T
     let options = WriteOptions { level, chunk_rows };
     match PersistSession::begin(Arc::new(StdFs), TableDir::new(path_from(&dir)), options) {
         Ok(session) => {
-            let resource = ResourceArc::new(SessionResource(Mutex::new(Some(session))));
+            let resource = ResourceArc::new(SessionResource(Mutex::new(SessionState::Idle(
+                Box::new(session),
+            ))));
             (atoms::ok(), resource).encode(env)
         }
         Err(e) => error_term(env, &e),
     }
 }
 
-/// Runs `f` on the session, if it is still open.
+fn lock_state(session: &ResourceArc<SessionResource>) -> std::sync::MutexGuard<'_, SessionState> {
+    match session.0.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Runs `f` on the session once the writer thread has written every chunk, or returns the
+/// error that ended the session.
 fn with_session<'a>(
     env: Env<'a>,
     session: &ResourceArc<SessionResource>,
     f: impl FnOnce(&mut PersistSession) -> Term<'a>,
 ) -> Term<'a> {
-    let mut guard = match session.0.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    match guard.as_mut() {
-        Some(s) => f(s),
-        None => closed_error(env),
+    let mut state = lock_state(session);
+    match state.drain() {
+        Ok(s) => f(s),
+        Err(e) if e.reason == Reason::Closed => closed_error(env),
+        Err(e) => error_term(env, &e),
     }
 }
 
-/// Compresses and appends one chunk (the external term format of `rows` rows).
+/// Queues one chunk (the external term format of `rows` rows) for the writer thread, which
+/// compresses and appends it. Waits while `QUEUED_CHUNKS` chunks are already queued.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_append<'a>(
     env: Env<'a>,
@@ -142,9 +234,12 @@ fn persist_append<'a>(
     chunk: Binary,
     rows: u64,
 ) -> Term<'a> {
-    with_session(env, &session, |s| {
-        ok_or_error(env, s.append(chunk.as_slice(), rows))
-    })
+    let result = lock_state(&session).append(chunk.as_slice(), rows);
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(e) if e.reason == Reason::Closed => closed_error(env),
+        Err(e) => error_term(env, &e),
+    }
 }
 
 /// Finishes the file and installs it as the stable file (or finds the table unchanged).
@@ -169,14 +264,13 @@ fn persist_snapshot<'a>(
     })
 }
 
-/// Ends the session: an uncommitted tmp file is removed and the lock released.
+/// Ends the session: waits for the writer thread, removes an uncommitted tmp file and
+/// releases the lock.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
-    let mut guard = match session.0.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
-    drop(guard.take());
+    let mut state = lock_state(&session);
+    let _ = state.drain();
+    *state = SessionState::Closed;
     atoms::ok()
 }
 
