@@ -34,7 +34,7 @@ defmodule PropertyTable.Persist do
       name when the table is an atom; required when it is a reference.
     * `:max_snapshots` - snapshots kept by `save_snapshot/2`. Default `25`.
     * `:compression` - `0` (none) to `9` (smallest files). Default `6`.
-    * `:chunk_size` - rows encoded, compressed and written at a time. Default `1000`.
+    * `:chunk_size` - rows encoded, compressed and written at a time. Default `4000`.
     * `:lock_timeout` - milliseconds to wait for another writer of the same directory
       (another process or OS process), or `:infinity`. Default `60_000`.
     * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
