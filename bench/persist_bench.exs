@@ -299,13 +299,14 @@ defmodule PersistBench do
 
   # Persists then restores; returns %{persist: m, restore: m | nil, size: bytes}.
   defp run_contender(id, source, dir, verify?) do
-    before = File.stat(file_of(id, dir), time: :posix)
+    before = dir_state(dir)
     persist = measure(fn -> persist(id, source, dir) end)
-    stat = File.stat!(file_of(id, dir), time: :posix)
+    stat = File.stat!(file_of(id, dir))
 
-    if id == :ours_unchanged and
-         (persist.written != 0 or not same_file?(before, stat)) do
-      raise "the unchanged persist wrote #{persist.written} bytes or replaced the file"
+    # The unchanged persist must leave every file of the directory as it was (`written`
+    # counts the whole VM, so it is reported, not asserted).
+    if id == :ours_unchanged and dir_state(dir) != before do
+      raise "the unchanged persist changed files in #{dir}"
     end
 
     restore =
@@ -316,8 +317,13 @@ defmodule PersistBench do
     %{persist: persist, restore: restore, size: stat.size}
   end
 
-  defp same_file?({:ok, a}, b), do: {a.inode, a.mtime, a.size} == {b.inode, b.mtime, b.size}
-  defp same_file?(_, _), do: false
+  # Every file under `dir` with its inode, size and modification time.
+  defp dir_state(dir) do
+    for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true), into: %{} do
+      {:ok, s} = File.stat(path, time: :posix)
+      {path, {s.inode, s.size, s.mtime}}
+    end
+  end
 
   defp ours_opts(:ours_c0, dir), do: [data_directory: dir, table_name: "t", compression: 0]
   defp ours_opts(_, dir), do: [data_directory: dir, table_name: "t"]
@@ -698,11 +704,11 @@ defmodule PersistBench do
             ),
           cs[:ours_unchanged] &&
             check(
-              "#{fmt_int(n)}: unchanged persist writes 0 bytes",
+              "#{fmt_int(n)}: unchanged persist writes 0 bytes (files untouched, checked every round)",
               if(max_of(ops(cs[:ours_unchanged], :persist), :written) == 0, do: 1, else: 0),
               1,
               fn _ ->
-                "#{max_of(ops(cs[:ours_unchanged], :persist), :written)} B, #{fmt_ms(median(cs[:ours_unchanged], :persist))} ms"
+                "VM-wide write_bytes at most #{max_of(ops(cs[:ours_unchanged], :persist), :written)} B; #{fmt_ms(median(cs[:ours_unchanged], :persist))} ms"
               end
             ),
           check(
