@@ -65,16 +65,29 @@ impl Compressor {
 /// Decompresses chunks of one file.
 pub struct Decompressor {
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+    /// Streaming context and its output window for [`Decompressor::decompresses_to`],
+    /// created on first use.
+    stream: Option<(zstd::zstd_safe::DCtx<'static>, Vec<u8>)>,
 }
+
+/// Output window of the size check: what it allocates, whatever a frame claims.
+const SIZE_CHECK_WINDOW: usize = 64 << 10;
+/// Largest zstd window (log2) the size check accepts, so its context allocates at most
+/// 16 MiB. The writer's levels (zstd 1..19, no long mode) use windows of at most 2^23.
+const SIZE_CHECK_WINDOW_LOG_MAX: u32 = 24;
 
 impl Decompressor {
     /// `None` for a codec id this version does not know.
     pub fn for_codec(codec: u8) -> Option<Self> {
         match codec {
-            CODEC_NONE => Some(Decompressor { zstd: None }),
-            CODEC_ZSTD => zstd::bulk::Decompressor::new()
-                .ok()
-                .map(|z| Decompressor { zstd: Some(z) }),
+            CODEC_NONE => Some(Decompressor {
+                zstd: None,
+                stream: None,
+            }),
+            CODEC_ZSTD => zstd::bulk::Decompressor::new().ok().map(|z| Decompressor {
+                zstd: Some(z),
+                stream: None,
+            }),
             _ => None,
         }
     }
@@ -91,6 +104,62 @@ impl Decompressor {
                 true
             }
             Some(z) => matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len()),
+        }
+    }
+
+    /// Whether `stored` decompresses to exactly `raw_len` bytes, found out in bounded memory
+    /// (a fixed output window, and zstd's own window capped at 2^24 bytes),
+    /// so that a frame claiming a huge `raw_len` is refused before a buffer of that size is
+    /// allocated. The bytes themselves are checked later by the real decompression.
+    pub fn decompresses_to(&mut self, stored: &[u8], raw_len: u64) -> bool {
+        use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
+        if self.zstd.is_none() {
+            return stored.len() as u64 == raw_len;
+        }
+        let (dctx, window) = match &mut self.stream {
+            Some(s) => s,
+            None => match DCtx::try_create() {
+                Some(mut d) => {
+                    if d.set_parameter(DParameter::WindowLogMax(SIZE_CHECK_WINDOW_LOG_MAX))
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    self.stream.insert((d, vec![0u8; SIZE_CHECK_WINDOW]))
+                }
+                None => return false,
+            },
+        };
+        if dctx.reset(ResetDirective::SessionOnly).is_err() {
+            return false;
+        }
+        let mut input = InBuffer::around(stored);
+        let mut produced: u64 = 0;
+        loop {
+            let before = input.pos();
+            let mut output = OutBuffer::around(window.as_mut_slice());
+            let hint = match dctx.decompress_stream(&mut output, &mut input) {
+                Ok(hint) => hint,
+                Err(_) => return false,
+            };
+            let n = output.pos();
+            produced = produced.saturating_add(n as u64);
+            if produced > raw_len {
+                return false;
+            }
+            let consumed = input.pos() == stored.len();
+            if hint == 0 && consumed {
+                // A frame ended, fully flushed, with nothing after it.
+                return produced == raw_len;
+            }
+            if consumed && n < SIZE_CHECK_WINDOW {
+                // Everything flushed, and the frame wants more input than there is.
+                return false;
+            }
+            if n == 0 && input.pos() == before {
+                // No progress (cannot happen with a correct zstd; never loop on it).
+                return false;
+            }
         }
     }
 }
@@ -115,6 +184,41 @@ mod tests {
             assert_eq!(out, raw);
             let mut short = vec![0u8; raw.len() - 1];
             assert!(!d.decompress_exact(&stored[1..], &mut short));
+        }
+    }
+
+    #[test]
+    fn size_check_in_bounded_memory() {
+        // Sizes around multiples of the check's window, and a chunk compressing 30000:1.
+        for len in [
+            0usize,
+            1,
+            SIZE_CHECK_WINDOW,
+            SIZE_CHECK_WINDOW + 1,
+            8 << 20,
+            24 << 20,
+        ] {
+            let raw = vec![0u8; len];
+            for level in 0..=9u8 {
+                let mut c = Compressor::new(level).unwrap();
+                let mut stored = Vec::new();
+                c.compress_into(&raw, &mut stored).unwrap();
+                let mut d = Decompressor::for_codec(c.codec()).unwrap();
+                let n = len as u64;
+                assert!(d.decompresses_to(&stored, n), "len {len} level {level}");
+                assert!(
+                    !d.decompresses_to(&stored, n + 1),
+                    "len {len} level {level}"
+                );
+                if len > 0 {
+                    assert!(
+                        !d.decompresses_to(&stored, n - 1),
+                        "len {len} level {level}"
+                    );
+                    let cut = &stored[..stored.len() - 1];
+                    assert!(!d.decompresses_to(cut, n), "len {len} level {level}");
+                }
+            }
         }
     }
 

@@ -17,6 +17,13 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 const READ_BUFFER: usize = 256 << 10;
 
+/// A chunk's buffer is allocated straight from its frame's `raw_len` only when that is at
+/// most `EAGER_RATIO` times the stored size plus `EAGER_SLACK`: anything larger is first
+/// decompressed in bounded memory to check it really has that size (see
+/// [`TableFile::checked_raw_len`]), so a frame whose header claims gigabytes allocates nothing.
+const EAGER_RATIO: u64 = 64;
+const EAGER_SLACK: u64 = 1 << 20;
+
 /// What a file's header says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileHeader {
@@ -165,8 +172,9 @@ impl TableFile {
         let mut out = Vec::new();
         while let Some(fh) = self.next_frame(&h)? {
             if deep {
+                let len = self.checked_raw_len(&fh)?;
                 out.clear();
-                out.resize(usize::try_from(fh.raw_len).map_err(|_| self.bad_file())?, 0);
+                out.resize(len, 0);
                 self.decompress_checked(&fh, &mut out)?;
             }
         }
@@ -220,7 +228,7 @@ impl TableFile {
                     self.check_digest(&h)?;
                     return Ok(None);
                 };
-                let len = usize::try_from(fh.raw_len).map_err(|_| self.bad_file())?;
+                let len = self.checked_raw_len(&fh)?;
                 let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
                 self.decompress_checked(&fh, data.as_mut())?;
                 Ok(Some(Chunk {
@@ -298,6 +306,26 @@ impl TableFile {
             .checked_add(fh.row_count)
             .ok_or_else(|| self.bad_file())?;
         Ok(Some(fh))
+    }
+
+    /// The frame's `raw_len`, once it is plausible enough to allocate a buffer of that size:
+    /// small relative to the stored bytes (already read and CRC-checked, so bounded by the
+    /// file), or confirmed by decompressing the stored bytes in bounded memory.
+    fn checked_raw_len(&mut self, fh: &FrameHeader) -> Result<usize> {
+        let len = usize::try_from(fh.raw_len).map_err(|_| self.bad_file())?;
+        let eager = (self.scratch.len() as u64)
+            .saturating_mul(EAGER_RATIO)
+            .saturating_add(EAGER_SLACK);
+        if fh.raw_len > eager {
+            let ok = match &mut self.decompressor {
+                Some(d) => d.decompresses_to(&self.scratch, fh.raw_len),
+                None => false,
+            };
+            if !ok {
+                return Err(self.bad_file());
+            }
+        }
+        Ok(len)
     }
 
     /// Decompresses the frame in `self.scratch` into `out` and checks its content hash.
