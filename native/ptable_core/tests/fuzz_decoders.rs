@@ -1,0 +1,1713 @@
+//! Fuzzing of the file decoders (version 2 and legacy version 1), run as a plain `cargo test`.
+//!
+//! Every input is derived from one seed file of a corpus generated here, deterministically, by
+//! the core's own writer (`ChunkWriter`, several sizes and levels including 0, an empty table,
+//! multi-chunk files) and `format::encode_legacy`. Input `i` of a run depends only on
+//! `(seed, i)`, so a failure is reproduced with `PTABLE_FUZZ_SEED=<seed> PTABLE_FUZZ_ONLY=<i>`.
+//!
+//! Mutations: bit flips, byte and integer sets, truncations, extensions, range deletions,
+//! splices from other seeds and duplications of ranges; and structure-aware edits (header
+//! fields, frame fields, stored bytes, frame order, header length, legacy length and payload)
+//! after which the CRCs, totals, hashes, digest or MD5 are recomputed, usually, so that
+//! inputs get past the checksums into frame parsing and decompression.
+//!
+//! Each input is written as the stable file of an in-memory table directory (sometimes with
+//! a valid backup beside it, sometimes also as a snapshot) and goes through `TableFile::open`,
+//! `verify(false)`, `verify(true)`, `next_chunk` to the end, `next_stored_frame` to the end,
+//! `copy_to`, `inspect_dir` and `open_newest_valid`. Asserted:
+//!
+//! * no panic (each input runs under `catch_unwind`), no hang (a watchdog fails the run when
+//!   one input takes more than `PTABLE_FUZZ_HANG_SECS`, default 30 s);
+//! * bounded allocation: the live bytes allocated by the core while handling one input stay
+//!   under 16 MiB + 130 x the input's length, whatever the headers claim;
+//! * every error is `bad_file` or `bad_checksum`, and the entry points agree with each other;
+//! * when the core returns data, an independent reference decoder written below (slices,
+//!   no code shared with the reader) accepts the file and decodes exactly the same chunks; and
+//!   an input whose checksums were not recomputed decodes to exactly its seed's data.
+//!
+//! `PTABLE_FUZZ_ITERATIONS` (default 25,000), `PTABLE_FUZZ_SEED` (default: random, printed),
+//! `PTABLE_FUZZ_THREADS` (default: available parallelism), `PTABLE_FUZZ_ONLY` (one input).
+
+use md5::Digest;
+use ptable_core::format::{encode_legacy, FRAME_HEADER_LEN};
+use ptable_core::fs::{EntryMeta, Fs, LockGuard, ReadFile, WriteFile};
+use ptable_core::{
+    inspect_dir, open_newest_valid, ChunkWriter, FileRole, Reason, SourceKind, Stamp, TableDir,
+    TableFile, WriteOptions,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+
+// ---------------------------------------------------------------------------------------------
+// Allocation accounting: per thread, only while `TRACK` is on (around the core's calls).
+
+struct CountingAlloc;
+
+thread_local! {
+    static TRACK: Cell<bool> = const { Cell::new(false) };
+    static LIVE: Cell<i64> = const { Cell::new(0) };
+    static PEAK: Cell<i64> = const { Cell::new(0) };
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+fn note_alloc(size: usize) {
+    let _ = TRACK.try_with(|t| {
+        if t.get() {
+            let live = LIVE.with(|l| {
+                let v = l.get() + size as i64;
+                l.set(v);
+                v
+            });
+            PEAK.with(|p| p.set(p.get().max(live)));
+            LARGEST.with(|m| m.set(m.get().max(size)));
+        }
+    });
+}
+
+fn note_free(size: usize) {
+    let _ = TRACK.try_with(|t| {
+        if t.get() {
+            LIVE.with(|l| l.set(l.get() - size as i64));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc(layout.size());
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        note_free(layout.size());
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_free(layout.size());
+        note_alloc(new_size);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+/// Runs `f` with allocation tracking on; returns its result, the peak of live bytes it
+/// allocated, and its largest single allocation.
+fn tracked<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
+    LIVE.with(|l| l.set(0));
+    PEAK.with(|p| p.set(0));
+    LARGEST.with(|m| m.set(0));
+    TRACK.with(|t| t.set(true));
+    let r = f();
+    TRACK.with(|t| t.set(false));
+    let peak = PEAK.with(|p| p.get()).max(0) as u64;
+    let largest = LARGEST.with(|m| m.get()) as u64;
+    (r, peak, largest)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A lean in-memory filesystem (reads are what the decoders need; writes serve the seed writer).
+
+#[derive(Clone)]
+enum Entry {
+    Dir,
+    File(Arc<Vec<u8>>),
+}
+
+#[derive(Clone, Default)]
+struct MemFs {
+    entries: Arc<Mutex<BTreeMap<PathBuf, Entry>>>,
+}
+
+impl MemFs {
+    fn new() -> Self {
+        let fs = MemFs::default();
+        fs.lock().insert(PathBuf::from("/"), Entry::Dir);
+        fs
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, Entry>> {
+        match self.entries.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+    fn mkdir(&self, path: &str) {
+        self.lock().insert(PathBuf::from(path), Entry::Dir);
+    }
+    fn put(&self, path: &str, bytes: Vec<u8>) {
+        self.lock()
+            .insert(PathBuf::from(path), Entry::File(Arc::new(bytes)));
+    }
+    fn get(&self, path: &str) -> Option<Vec<u8>> {
+        match self.lock().get(Path::new(path)) {
+            Some(Entry::File(b)) => Some(b.to_vec()),
+            _ => None,
+        }
+    }
+}
+
+fn unsupported() -> io::Error {
+    io::Error::from_raw_os_error(30) // EROFS: the decoders must not write
+}
+
+struct MemRead {
+    data: Arc<Vec<u8>>,
+    pos: u64,
+}
+
+impl Read for MemRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let start = usize::try_from(self.pos)
+            .unwrap_or(usize::MAX)
+            .min(self.data.len());
+        let n = buf.len().min(self.data.len() - start);
+        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for MemRead {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => (self.data.len() as u64).checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        self.pos = new.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        Ok(self.pos)
+    }
+}
+
+impl ReadFile for MemRead {
+    fn file_len(&self) -> io::Result<u64> {
+        Ok(self.data.len() as u64)
+    }
+}
+
+struct MemWrite {
+    fs: MemFs,
+    path: PathBuf,
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl MemWrite {
+    fn store(&self) {
+        self.fs
+            .lock()
+            .insert(self.path.clone(), Entry::File(Arc::new(self.buf.clone())));
+    }
+}
+
+impl WriteFile for MemWrite {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        let at = self.pos;
+        self.write_all_at(buf, at as u64)?;
+        self.pos = at + buf.len();
+        Ok(())
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = offset as usize;
+        if self.buf.len() < start + buf.len() {
+            self.buf.resize(start + buf.len(), 0);
+        }
+        self.buf[start..start + buf.len()].copy_from_slice(buf);
+        self.store();
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink for `copy_to`.
+#[derive(Default)]
+struct VecWrite(Vec<u8>);
+
+impl WriteFile for VecWrite {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let start = offset as usize;
+        if self.0.len() < start + buf.len() {
+            self.0.resize(start + buf.len(), 0);
+        }
+        self.0[start..start + buf.len()].copy_from_slice(buf);
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Fs for MemFs {
+    fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        let w = MemWrite {
+            fs: self.clone(),
+            path: path.to_path_buf(),
+            buf: Vec::new(),
+            pos: 0,
+        };
+        w.store();
+        Ok(Box::new(w))
+    }
+    fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
+        match self.lock().get(path) {
+            Some(Entry::File(data)) => Ok(Box::new(MemRead {
+                data: Arc::clone(data),
+                pos: 0,
+            })),
+            Some(Entry::Dir) => Err(io::Error::from_raw_os_error(21)),
+            None => Err(io::Error::from_raw_os_error(2)),
+        }
+    }
+    fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
+        Err(unsupported())
+    }
+    fn remove_file(&self, _: &Path) -> io::Result<()> {
+        Err(unsupported())
+    }
+    fn create_dir(&self, _: &Path) -> io::Result<()> {
+        Err(unsupported())
+    }
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+    fn read_dir(&self, path: &Path) -> io::Result<Vec<OsString>> {
+        let entries = self.lock();
+        match entries.get(path) {
+            Some(Entry::Dir) => {}
+            Some(Entry::File(_)) => return Err(io::Error::from_raw_os_error(20)),
+            None => return Err(io::Error::from_raw_os_error(2)),
+        }
+        Ok(entries
+            .keys()
+            .filter(|k| k.parent() == Some(path))
+            .filter_map(|k| k.file_name().map(|n| n.to_os_string()))
+            .collect())
+    }
+    fn metadata(&self, path: &Path) -> io::Result<EntryMeta> {
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        match self.lock().get(path) {
+            Some(Entry::Dir) => Ok(EntryMeta {
+                is_dir: true,
+                len: 0,
+                modified,
+            }),
+            Some(Entry::File(d)) => Ok(EntryMeta {
+                is_dir: false,
+                len: d.len() as u64,
+                modified,
+            }),
+            None => Err(io::Error::from_raw_os_error(2)),
+        }
+    }
+    fn try_lock(&self, _: &Path) -> io::Result<Box<dyn LockGuard>> {
+        Err(io::Error::from(io::ErrorKind::WouldBlock))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic randomness.
+
+/// splitmix64: seeds each input's generator from (run seed, input index).
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// xorshift64*.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(splitmix(seed) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n` (0 when `n` is 0).
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+    /// An integer near an edge: 0, 1, small, the old value +-1, powers of two, max, ...
+    fn interesting(&mut self, old: u64, related: &[u64]) -> u64 {
+        match self.below(12) {
+            0 => 0,
+            1 => 1,
+            2 => old.wrapping_add(1),
+            3 => old.wrapping_sub(1),
+            4 => u64::MAX,
+            5 => 1 << 32,
+            6 => (1 << 32) - 1,
+            7 => 4 << 30,
+            8 => 1u64 << self.below(64),
+            9 => related
+                .get(self.below(related.len()))
+                .copied()
+                .unwrap_or(old),
+            10 => old ^ (1 << self.below(64)),
+            _ => self.next() % 100_000,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seed corpus, written by the core's own writer.
+
+const CREATED: i64 = 1_700_000_000_000_000;
+
+struct Seed {
+    name: String,
+    bytes: Vec<u8>,
+    chunks: Vec<Vec<u8>>,
+}
+
+fn write_v2(chunks: &[Vec<u8>], level: u8) -> Vec<u8> {
+    let fs = MemFs::new();
+    let path = Path::new("/seed");
+    let options = WriteOptions {
+        level,
+        chunk_rows: 100,
+    };
+    let stamp = Stamp {
+        sequence: 3,
+        created_unix_us: CREATED,
+    };
+    let mut w = ChunkWriter::create(&fs, path, options, stamp).expect("create seed");
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    for c in chunks {
+        digest.update(c);
+        w.append(c, (c.len() / 10) as u64)
+            .expect("append seed chunk");
+    }
+    w.finish(digest.digest128().to_le_bytes())
+        .expect("finish seed");
+    fs.get("/seed").expect("seed written")
+}
+
+/// Bytes that look like a chunk of encoded rows (ETF list of pairs), compressible.
+fn etf_like(rng: &mut Rng, rows: usize) -> Vec<u8> {
+    let words = ["net", "wlan0", "eth0", "ipv4", "address", "state", "sensor"];
+    let mut out = vec![131, 108];
+    out.extend_from_slice(&(rows as u32).to_be_bytes());
+    for _ in 0..rows {
+        out.extend_from_slice(&[104, 2, 108, 0, 0, 0, 3]);
+        for _ in 0..3 {
+            let w = words[rng.below(words.len())];
+            out.extend_from_slice(&[109, 0, 0, 0, w.len() as u8]);
+            out.extend_from_slice(w.as_bytes());
+        }
+        out.push(106);
+        out.extend_from_slice(&[98]);
+        out.extend_from_slice(&(rng.next() as u32 % 1000).to_be_bytes());
+    }
+    out.push(106);
+    out
+}
+
+fn corpus() -> Vec<Seed> {
+    let mut rng = Rng::new(0x5EED);
+    let mut seeds = Vec::new();
+    let mut v2 = |name: &str, chunks: Vec<Vec<u8>>, level: u8| {
+        let bytes = write_v2(&chunks, level);
+        seeds.push(Seed {
+            name: name.to_string(),
+            bytes,
+            chunks,
+        });
+    };
+    v2("v2-empty-l0", vec![], 0);
+    v2("v2-empty-l6", vec![], 6);
+    v2("v2-1chunk-l0", vec![etf_like(&mut rng, 4)], 0);
+    v2("v2-1chunk-l1", vec![etf_like(&mut rng, 6)], 1);
+    v2(
+        "v2-3chunks-l6",
+        (0..3).map(|_| etf_like(&mut rng, 10)).collect(),
+        6,
+    );
+    v2(
+        "v2-5chunks-l3-with-empty-chunk",
+        vec![
+            etf_like(&mut rng, 3),
+            Vec::new(),
+            etf_like(&mut rng, 8),
+            etf_like(&mut rng, 1),
+            etf_like(&mut rng, 5),
+        ],
+        3,
+    );
+    v2(
+        "v2-2chunks-l9",
+        (0..2).map(|_| etf_like(&mut rng, 60)).collect(),
+        9,
+    );
+    v2(
+        "v2-4chunks-l0",
+        (0..4).map(|_| etf_like(&mut rng, 3)).collect(),
+        0,
+    );
+    v2("v2-random-4k-l6", vec![rng.bytes(4096)], 6);
+    v2("v2-big-l7", vec![etf_like(&mut rng, 400)], 7);
+    let mut legacy = |name: &str, payload: Vec<u8>| {
+        seeds.push(Seed {
+            name: name.to_string(),
+            bytes: encode_legacy(&payload),
+            chunks: vec![payload],
+        });
+    };
+    legacy("v1-empty", Vec::new());
+    legacy("v1-small", etf_like(&mut rng, 3));
+    legacy("v1-2k", etf_like(&mut rng, 60));
+    seeds
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference decoder: independent of the reader, over a slice.
+
+const REF_MAX_RAW: u64 = 4 << 20;
+
+fn le64(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// `Some(chunks)` when `bytes` is a valid table file.
+fn reference_decode(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    if bytes.get(0..6)? != b"PTABLE" || *bytes.get(7)? != 0 {
+        return None;
+    }
+    match *bytes.get(6)? {
+        1 => {
+            let n = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
+            if n.checked_add(32)? != bytes.len() as u64 {
+                return None;
+            }
+            let payload = &bytes[16..bytes.len() - 16];
+            if md5::Md5::digest(payload).as_slice() != &bytes[bytes.len() - 16..] {
+                return None;
+            }
+            Some(vec![payload.to_vec()])
+        }
+        2 => reference_v2(bytes),
+        _ => None,
+    }
+}
+
+fn reference_v2(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let hl = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
+    if !(64..=4096).contains(&hl) {
+        return None;
+    }
+    let crc_at = 12 + hl;
+    let crc = u32::from_le_bytes(bytes.get(crc_at..crc_at + 4)?.try_into().ok()?);
+    if crc32fast::hash(&bytes[..crc_at]) != crc {
+        return None;
+    }
+    let codec = bytes[12];
+    let level = bytes[13];
+    let row_count = le64(bytes, 36)?;
+    let chunk_count = le64(bytes, 44)?;
+    let payload_len = le64(bytes, 52)?;
+    let digest = &bytes[60..76];
+    let start = crc_at + 4;
+    if codec > 1 || level > 9 || (start as u64).checked_add(payload_len)? != bytes.len() as u64 {
+        return None;
+    }
+    let mut at = start;
+    let mut rows = 0u64;
+    let mut chunks = Vec::new();
+    let mut all = Vec::new();
+    for index in 0..chunk_count {
+        let head = bytes.get(at..at + FRAME_HEADER_LEN)?;
+        let raw_len = le64(head, 0)?;
+        let stored_len = le64(head, 8)?;
+        let row = le64(head, 16)?;
+        let raw_hash = le64(head, 24)?;
+        let fcrc = u32::from_le_bytes(head[32..36].try_into().ok()?);
+        let s = at + FRAME_HEADER_LEN;
+        let end = s.checked_add(usize::try_from(stored_len).ok()?)?;
+        let stored = bytes.get(s..end)?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&index.to_le_bytes());
+        h.update(&head[..32]);
+        h.update(stored);
+        if h.finalize() != fcrc {
+            return None;
+        }
+        if raw_len > REF_MAX_RAW {
+            return None;
+        }
+        let raw = if codec == 0 {
+            stored.to_vec()
+        } else {
+            let mut out = vec![0u8; raw_len as usize];
+            let n = zstd::bulk::Decompressor::new()
+                .ok()?
+                .decompress_to_buffer(stored, &mut out[..])
+                .ok()?;
+            out.truncate(n);
+            out
+        };
+        if raw.len() as u64 != raw_len || xxh3_64(&raw) != raw_hash {
+            return None;
+        }
+        rows = rows.checked_add(row)?;
+        all.extend_from_slice(&raw);
+        chunks.push(raw);
+        at = end;
+    }
+    if at != bytes.len() || rows != row_count || xxh3_128(&all).to_le_bytes() != digest {
+        return None;
+    }
+    Some(chunks)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Structure-aware mutation: parse a seed into fields, edit, write back with (usually)
+// recomputed checksums.
+
+#[derive(Clone)]
+struct FrameModel {
+    raw_len: u64,
+    stored_len: u64,
+    row_count: u64,
+    raw_hash: u64,
+    crc: u32,
+    stored: Vec<u8>,
+    /// The raw chunk when known (for recomputing the digest).
+    raw: Option<Vec<u8>>,
+}
+
+#[derive(Clone)]
+struct V2Model {
+    /// Bytes 0..12 except the header length, and the body (64 bytes + any extension).
+    prefix: [u8; 8],
+    header_len: u32,
+    body: Vec<u8>,
+    header_crc: u32,
+    frames: Vec<FrameModel>,
+    trailing: Vec<u8>,
+}
+
+impl V2Model {
+    fn parse(bytes: &[u8], chunks: &[Vec<u8>]) -> Option<Self> {
+        let hl = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?);
+        let body = bytes.get(12..12 + hl as usize)?.to_vec();
+        let crc_at = 12 + hl as usize;
+        let header_crc = u32::from_le_bytes(bytes.get(crc_at..crc_at + 4)?.try_into().ok()?);
+        let mut at = crc_at + 4;
+        let chunk_count = le64(&body, 32)?;
+        let mut frames = Vec::new();
+        for i in 0..chunk_count as usize {
+            let head = bytes.get(at..at + FRAME_HEADER_LEN)?;
+            let stored_len = le64(head, 8)?;
+            let s = at + FRAME_HEADER_LEN;
+            let e = s + stored_len as usize;
+            frames.push(FrameModel {
+                raw_len: le64(head, 0)?,
+                stored_len,
+                row_count: le64(head, 16)?,
+                raw_hash: le64(head, 24)?,
+                crc: u32::from_le_bytes(head[32..36].try_into().ok()?),
+                stored: bytes.get(s..e)?.to_vec(),
+                raw: chunks.get(i).cloned(),
+            });
+            at = e;
+        }
+        Some(V2Model {
+            prefix: bytes.get(0..8)?.try_into().ok()?,
+            header_len: hl,
+            body,
+            header_crc,
+            frames,
+            trailing: bytes.get(at..)?.to_vec(),
+        })
+    }
+
+    fn codec(&self) -> u8 {
+        self.body.first().copied().unwrap_or(0)
+    }
+
+    fn set_u64(&mut self, at: usize, v: u64) {
+        if self.body.len() < at + 8 {
+            self.body.resize(at + 8, 0);
+        }
+        self.body[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn get_u64(&self, at: usize) -> u64 {
+        le64(&self.body, at).unwrap_or(0)
+    }
+
+    fn frame_crc(index: u64, f: &FrameModel) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&index.to_le_bytes());
+        for v in [f.raw_len, f.stored_len, f.row_count, f.raw_hash] {
+            h.update(&v.to_le_bytes());
+        }
+        h.update(&f.stored);
+        h.finalize()
+    }
+
+    fn fix_totals(&mut self) {
+        let rows = self
+            .frames
+            .iter()
+            .fold(0u64, |a, f| a.wrapping_add(f.row_count));
+        let payload = self.frames.iter().fold(0u64, |a, f| {
+            a.wrapping_add(FRAME_HEADER_LEN as u64 + f.stored.len() as u64)
+        }) + self.trailing.len() as u64;
+        self.set_u64(24, rows);
+        self.set_u64(32, self.frames.len() as u64);
+        self.set_u64(40, payload);
+    }
+
+    fn fix_digest(&mut self) {
+        let mut d = xxhash_rust::xxh3::Xxh3::new();
+        for f in &self.frames {
+            match &f.raw {
+                Some(raw) => d.update(raw),
+                None => return,
+            }
+        }
+        if self.body.len() < 64 {
+            self.body.resize(64, 0);
+        }
+        self.body[48..64].copy_from_slice(&d.digest128().to_le_bytes());
+    }
+
+    fn fix_frame_crcs(&mut self) {
+        for (i, f) in self.frames.iter_mut().enumerate() {
+            f.crc = Self::frame_crc(i as u64, f);
+        }
+    }
+
+    fn fix_header_crc(&mut self) {
+        self.header_crc = crc32fast::hash(&self.head_bytes());
+    }
+
+    fn head_bytes(&self) -> Vec<u8> {
+        let mut out = self.prefix.to_vec();
+        out.extend_from_slice(&self.header_len.to_le_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = self.head_bytes();
+        out.extend_from_slice(&self.header_crc.to_le_bytes());
+        for f in &self.frames {
+            for v in [f.raw_len, f.stored_len, f.row_count, f.raw_hash] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            out.extend_from_slice(&f.crc.to_le_bytes());
+            out.extend_from_slice(&f.stored);
+        }
+        out.extend_from_slice(&self.trailing);
+        out
+    }
+}
+
+/// Decompresses `stored` (bounded) to learn the raw chunk it really holds.
+fn rederive(codec: u8, stored: &[u8]) -> Option<Vec<u8>> {
+    match codec {
+        0 => Some(stored.to_vec()),
+        1 => zstd::bulk::Decompressor::new()
+            .ok()?
+            .decompress(stored, 1 << 20)
+            .ok(),
+        _ => None,
+    }
+}
+
+/// Makes `f` describe its stored bytes truthfully (raw_len, stored_len, raw_hash, raw).
+fn make_honest(codec: u8, f: &mut FrameModel) {
+    f.stored_len = f.stored.len() as u64;
+    if let Some(raw) = rederive(codec, &f.stored) {
+        f.raw_len = raw.len() as u64;
+        f.raw_hash = xxh3_64(&raw);
+        f.raw = Some(raw);
+    } else {
+        f.raw = None;
+    }
+}
+
+fn mutate_bytes_in(rng: &mut Rng, data: &mut Vec<u8>) {
+    match rng.below(5) {
+        0 if !data.is_empty() => {
+            let i = rng.below(data.len());
+            data[i] ^= 1 << rng.below(8);
+        }
+        1 if !data.is_empty() => {
+            let i = rng.below(data.len());
+            data[i] = rng.next() as u8;
+        }
+        2 => {
+            let n = rng.below(data.len() + 1);
+            data.truncate(n);
+        }
+        3 => {
+            let n = 1 + rng.below(16);
+            let extra = rng.bytes(n);
+            let at = rng.below(data.len() + 1);
+            data.splice(at..at, extra);
+        }
+        _ if data.len() >= 2 => {
+            let a = rng.below(data.len());
+            let b = a + 1 + rng.below((data.len() - a).min(64));
+            let copy = data[a..b.min(data.len())].to_vec();
+            let at = rng.below(data.len() + 1);
+            data.splice(at..at, copy);
+        }
+        _ => data.push(rng.next() as u8),
+    }
+}
+
+/// Structure-aware mutation of a version 2 seed. Returns the bytes and whether checksums
+/// were recomputed.
+fn mutate_v2(rng: &mut Rng, seed: &Seed, seeds: &[Seed]) -> Option<(Vec<u8>, bool)> {
+    let mut m = V2Model::parse(&seed.bytes, &seed.chunks)?;
+    let edits = 1 + rng.below(3);
+    for _ in 0..edits {
+        let nf = m.frames.len();
+        match rng.below(10) {
+            // Header fields.
+            0 | 1 => {
+                // Edits below address the 64 field bytes; an earlier edit may have cut them.
+                if m.body.len() < 64 {
+                    m.body.resize(64, 0);
+                }
+                let related = [
+                    m.get_u64(24),
+                    m.get_u64(32),
+                    m.get_u64(40),
+                    seed.bytes.len() as u64,
+                ];
+                match rng.below(10) {
+                    0 => m.body[0] = [0, 1, 2, 255][rng.below(4)],
+                    1 => m.body[1] = [0, 1, 6, 9, 10, 255][rng.below(6)],
+                    2 => m.body[2] = rng.next() as u8,
+                    3 => {
+                        let v = rng.interesting(4, &[]) as u32;
+                        m.body[4..8].copy_from_slice(&v.to_le_bytes());
+                    }
+                    4 => {
+                        let v = rng.next();
+                        let at = [8, 16][rng.below(2)];
+                        m.set_u64(at, v);
+                    }
+                    5 => {
+                        let v = rng.interesting(m.get_u64(24), &related);
+                        m.set_u64(24, v);
+                    }
+                    6 => {
+                        let v = rng.interesting(m.get_u64(32), &related);
+                        m.set_u64(32, v);
+                    }
+                    7 => {
+                        let v = rng.interesting(m.get_u64(40), &related);
+                        m.set_u64(40, v);
+                    }
+                    8 => {
+                        let i = 48 + rng.below(16);
+                        m.body[i] ^= 1 << rng.below(8);
+                    }
+                    _ => {
+                        // Header length: extend or shrink the body, or just lie.
+                        let new = [63u32, 64, 65, 100, 4096, 4097, u32::MAX][rng.below(7)];
+                        m.header_len = new;
+                        if rng.chance(70) && new <= 4097 {
+                            m.body.resize(new as usize, 0);
+                        }
+                    }
+                }
+            }
+            // Frame fields.
+            2 | 3 if nf > 0 => {
+                let i = rng.below(nf);
+                let f = &mut m.frames[i];
+                let fcs = zstd::zstd_safe::get_frame_content_size(&f.stored)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                let related = [f.stored_len, f.raw_len, fcs, 4 << 30];
+                match rng.below(4) {
+                    0 => f.raw_len = rng.interesting(f.raw_len, &related),
+                    1 => f.stored_len = rng.interesting(f.stored_len, &related),
+                    2 => f.row_count = rng.interesting(f.row_count, &related),
+                    _ => f.raw_hash = rng.next(),
+                }
+            }
+            // Stored bytes, then (usually) make the frame describe them truthfully.
+            4..=6 if nf > 0 => {
+                let i = rng.below(nf);
+                let codec = m.codec();
+                let f = &mut m.frames[i];
+                let n = 1 + rng.below(3);
+                for _ in 0..n {
+                    mutate_bytes_in(rng, &mut f.stored);
+                }
+                if rng.chance(80) {
+                    make_honest(codec, f);
+                } else {
+                    f.stored_len = f.stored.len() as u64;
+                    f.raw = None;
+                }
+            }
+            // New content, compressed at any level (possibly not matching the codec).
+            7 => {
+                let raw = match rng.below(3) {
+                    0 => {
+                        let n = rng.below(300);
+                        rng.bytes(n)
+                    }
+                    1 => {
+                        let rows = rng.below(20);
+                        etf_like(rng, rows)
+                    }
+                    _ => {
+                        let n = rng.below(5000);
+                        vec![rng.next() as u8; n]
+                    }
+                };
+                let level = if rng.chance(80) {
+                    m.codec()
+                } else {
+                    rng.below(2) as u8
+                };
+                let stored = if level == 0 {
+                    raw.clone()
+                } else {
+                    zstd::bulk::compress(&raw, 1 + rng.below(19) as i32).unwrap_or_default()
+                };
+                let f = FrameModel {
+                    raw_len: raw.len() as u64,
+                    stored_len: stored.len() as u64,
+                    row_count: rng.below(50) as u64,
+                    raw_hash: xxh3_64(&raw),
+                    crc: 0,
+                    stored,
+                    raw: Some(raw),
+                };
+                let at = rng.below(nf + 1);
+                if nf > 0 && rng.chance(50) {
+                    m.frames[at.min(nf - 1)] = f;
+                } else {
+                    m.frames.insert(at, f);
+                }
+            }
+            // Frame order: duplicate, remove, swap, or borrow a frame of another seed.
+            8 if nf > 0 => match rng.below(4) {
+                0 => {
+                    let f = m.frames[rng.below(nf)].clone();
+                    m.frames.insert(rng.below(nf + 1), f);
+                }
+                1 => {
+                    m.frames.remove(rng.below(nf));
+                }
+                2 => m.frames.swap(rng.below(nf), rng.below(nf)),
+                _ => {
+                    let other = &seeds[rng.below(seeds.len())];
+                    if let Some(o) = V2Model::parse(&other.bytes, &other.chunks) {
+                        if !o.frames.is_empty() {
+                            let f = o.frames[rng.below(o.frames.len())].clone();
+                            m.frames.insert(rng.below(nf + 1), f);
+                        }
+                    }
+                }
+            },
+            // Bytes after the last frame.
+            _ => {
+                let n = rng.below(40);
+                m.trailing = rng.bytes(n);
+            }
+        }
+    }
+    // Usually recompute what the edits invalidated, each fix-up independently.
+    let mut recomputed = false;
+    if rng.chance(70) {
+        m.fix_totals();
+        recomputed = true;
+    }
+    if rng.chance(60) {
+        m.fix_digest();
+        recomputed = true;
+    }
+    if rng.chance(90) {
+        m.fix_frame_crcs();
+        recomputed = true;
+    }
+    if rng.chance(95) {
+        m.fix_header_crc();
+        recomputed = true;
+    }
+    Some((m.encode(), recomputed))
+}
+
+/// Structure-aware mutation of a legacy seed. Returns the bytes and whether the MD5 was
+/// recomputed.
+fn mutate_legacy(rng: &mut Rng, seed: &Seed) -> (Vec<u8>, bool) {
+    let mut payload = seed.chunks.first().cloned().unwrap_or_default();
+    let mut declared = payload.len() as u64;
+    let mut trailer_extra: Vec<u8> = Vec::new();
+    let mut fix_len = true;
+    for _ in 0..1 + rng.below(3) {
+        match rng.below(4) {
+            0 | 1 => mutate_bytes_in(rng, &mut payload),
+            2 => {
+                declared = rng.interesting(declared, &[payload.len() as u64, 4 << 30]);
+                fix_len = false;
+            }
+            _ => {
+                let n = rng.below(20);
+                trailer_extra = rng.bytes(n);
+            }
+        }
+    }
+    if fix_len {
+        declared = payload.len() as u64;
+    }
+    let md5_fixed = rng.chance(85);
+    let md5 = if md5_fixed {
+        md5::Md5::digest(&payload).to_vec()
+    } else {
+        seed.bytes[seed.bytes.len() - 16..].to_vec()
+    };
+    let mut out = b"PTABLE\x01\x00".to_vec();
+    out.extend_from_slice(&declared.to_be_bytes());
+    out.extend_from_slice(&payload);
+    let cut = rng.below(17);
+    if trailer_extra.is_empty() || rng.chance(50) {
+        out.extend_from_slice(&md5);
+    } else {
+        out.extend_from_slice(&md5[..cut.min(16)]);
+    }
+    out.extend_from_slice(&trailer_extra);
+    (out, md5_fixed)
+}
+
+/// Unstructured mutations of the raw bytes (checksums are left alone).
+fn mutate_raw(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[Seed]) {
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(9) {
+            0 | 1 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] ^= 1 << rng.below(8);
+            }
+            2 if !data.is_empty() => {
+                let i = rng.below(data.len());
+                data[i] = [0, 1, 0x7F, 0x80, 0xFF, rng.next() as u8][rng.below(6)];
+            }
+            3 if data.len() >= 8 => {
+                let i = rng.below(data.len() - 7);
+                let v = rng.interesting(le64(data, i).unwrap_or(0), &[data.len() as u64]);
+                data[i..i + 8].copy_from_slice(&v.to_le_bytes());
+            }
+            4 => {
+                let n = rng.below(data.len() + 1);
+                data.truncate(n);
+            }
+            5 => {
+                let n = 1 + rng.below(64);
+                let extra = if rng.chance(50) {
+                    vec![0; n]
+                } else {
+                    rng.bytes(n)
+                };
+                data.extend_from_slice(&extra);
+            }
+            6 => {
+                // Splice a range of another seed over or into this one.
+                let other = &seeds[rng.below(seeds.len())].bytes;
+                let a = rng.below(other.len());
+                let b = (a + 1 + rng.below(200)).min(other.len());
+                let piece = other[a..b].to_vec();
+                let at = rng.below(data.len() + 1);
+                if rng.chance(50) {
+                    let end = (at + piece.len()).min(data.len());
+                    data.splice(at..end, piece);
+                } else {
+                    data.splice(at..at, piece);
+                }
+            }
+            7 if data.len() >= 2 => {
+                // Duplicate a range (e.g. a whole frame) somewhere else.
+                let a = rng.below(data.len());
+                let b = (a + 1 + rng.below(400)).min(data.len());
+                let piece = data[a..b].to_vec();
+                let at = rng.below(data.len() + 1);
+                data.splice(at..at, piece);
+            }
+            _ if data.len() >= 2 => {
+                let a = rng.below(data.len());
+                let b = (a + 1 + rng.below(64)).min(data.len());
+                data.drain(a..b);
+            }
+            _ => data.push(rng.next() as u8),
+        }
+    }
+}
+
+struct Input {
+    seed: usize,
+    bytes: Vec<u8>,
+    recomputed: bool,
+    with_backup: bool,
+    as_snapshot: bool,
+    inspect_verify: bool,
+}
+
+fn make_input(run_seed: u64, index: u64, seeds: &[Seed]) -> Input {
+    let mut rng = Rng::new(run_seed ^ splitmix(index));
+    let s = rng.below(seeds.len());
+    let seed = &seeds[s];
+    let legacy = seed.bytes.get(6) == Some(&1);
+    let (mut bytes, mut recomputed) = match rng.below(100) {
+        0..=59 => {
+            let structured = if legacy {
+                Some(mutate_legacy(&mut rng, seed))
+            } else {
+                mutate_v2(&mut rng, seed, seeds)
+            };
+            structured.unwrap_or_else(|| (seed.bytes.clone(), false))
+        }
+        _ => (seed.bytes.clone(), false),
+    };
+    if !recomputed || rng.chance(15) {
+        mutate_raw(&mut rng, &mut bytes, seeds);
+    }
+    if bytes == seed.bytes {
+        recomputed = false;
+    }
+    Input {
+        seed: s,
+        bytes,
+        recomputed,
+        with_backup: rng.chance(25),
+        as_snapshot: rng.chance(12),
+        inspect_verify: rng.chance(50),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running one input.
+
+const DIR: &str = "/t";
+const STABLE: &str = "/t/data.ptable";
+const SNAPSHOT: &str = "/t/snapshots/0123456789ABCDEF";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    V2,
+    Legacy,
+    Other,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Depth {
+    Open,
+    Frames,
+    Content,
+    Decoded,
+}
+
+struct Outcome {
+    kind: Kind,
+    depth: Depth,
+    recomputed: bool,
+    new_valid_file: bool,
+    fell_back: bool,
+    peak: u64,
+    largest: u64,
+}
+
+fn read_all(f: &mut TableFile) -> ptable_core::Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    while let Some(chunk) = f.next_chunk(|n| Some(vec![0u8; n]))? {
+        out.push(chunk.data);
+    }
+    Ok(out)
+}
+
+fn corruption(r: &ptable_core::Result<impl Sized>) -> bool {
+    match r {
+        Ok(_) => true,
+        Err(e) => e.reason.is_corruption(),
+    }
+}
+
+/// The core's view of one input, gathered with allocation tracking on.
+struct CoreView {
+    open_err: Option<Reason>,
+    shallow: Option<Result<(), Reason>>,
+    deep: Option<Result<(), Reason>>,
+    read: Option<ptable_core::Result<Vec<Vec<u8>>>>,
+    problems: Vec<String>,
+    fell_back: bool,
+}
+
+fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
+    let mut v = CoreView {
+        open_err: None,
+        shallow: None,
+        deep: None,
+        read: None,
+        problems: Vec::new(),
+        fell_back: false,
+    };
+    let path = Path::new(STABLE);
+    match TableFile::open(fs, path) {
+        Err(e) => {
+            if !e.reason.is_corruption() {
+                v.problems.push(format!("open: unexpected {e}"));
+            }
+            v.open_err = Some(e.reason);
+        }
+        Ok(mut f) => {
+            let shallow = f.verify(false);
+            let deep = f.verify(true);
+            let read = read_all(&mut f);
+            for (what, ok) in [
+                ("verify(false)", corruption(&shallow)),
+                ("verify(true)", corruption(&deep)),
+                ("next_chunk", corruption(&read)),
+            ] {
+                if !ok {
+                    v.problems.push(format!("{what}: not a corruption error"));
+                }
+            }
+            if deep.is_ok() && shallow.is_err() {
+                v.problems
+                    .push("verify(true) ok but verify(false) not".into());
+            }
+            if read.is_ok() != deep.is_ok() {
+                v.problems.push(format!(
+                    "next_chunk {:?} disagrees with verify(true) {:?}",
+                    read.as_ref().err(),
+                    deep
+                ));
+            }
+            // Frame by frame, as persist and snapshots copy them.
+            if matches!(f.header(), ptable_core::FileHeader::Current(_)) {
+                let frames = (|| {
+                    f.rewind()?;
+                    while f.next_stored_frame()?.is_some() {}
+                    f.rewind()
+                })();
+                if frames.is_ok() != shallow.is_ok() {
+                    v.problems
+                        .push("next_stored_frame disagrees with verify(false)".into());
+                }
+            }
+            let mut sink = VecWrite::default();
+            let stamp = Stamp {
+                sequence: 99,
+                created_unix_us: CREATED + 1,
+            };
+            let copied = f.copy_to(&mut sink, Path::new("/t/copy"), stamp);
+            if copied.is_ok() != shallow.is_ok() {
+                v.problems
+                    .push("copy_to disagrees with verify(false)".into());
+            }
+            if let (Ok(()), Ok(chunks)) = (&copied, &read) {
+                let copy_fs = MemFs::new();
+                copy_fs.put("/c", sink.0);
+                let again = TableFile::open(&copy_fs, Path::new("/c")).and_then(|mut c| {
+                    c.verify(true)?;
+                    read_all(&mut c)
+                });
+                if again.as_ref() != Ok(chunks) {
+                    v.problems
+                        .push("copy_to output does not decode the same".into());
+                }
+            }
+            v.shallow = Some(shallow.map_err(|e| e.reason));
+            v.deep = Some(deep.map_err(|e| e.reason));
+            v.read = Some(read);
+        }
+    }
+
+    let dir = TableDir::new(DIR);
+    match inspect_dir(fs, &dir, input.inspect_verify) {
+        Err(e) => v.problems.push(format!("inspect_dir: {e}")),
+        Ok(reports) => {
+            let stable = reports.iter().find(|r| r.role == FileRole::Stable);
+            let expected = match (&v.open_err, input.inspect_verify) {
+                (Some(r), _) => Err(*r),
+                (None, false) => Ok(()),
+                (None, true) => v.deep.unwrap_or(Ok(())),
+            };
+            match stable {
+                Some(r) if r.status == expected => {}
+                other => v.problems.push(format!(
+                    "inspect_dir stable status {:?}, expected {expected:?}",
+                    other.map(|r| r.status)
+                )),
+            }
+            let snapshots = reports
+                .iter()
+                .filter(|r| r.role == FileRole::Snapshot)
+                .count();
+            if snapshots != usize::from(input.as_snapshot) {
+                v.problems
+                    .push(format!("inspect_dir lists {snapshots} snapshots"));
+            }
+        }
+    }
+
+    let stable_ok = v.shallow == Some(Ok(()));
+    match open_newest_valid(fs, &dir, None) {
+        Ok(mut src) => {
+            let data = read_all(&mut src.file);
+            match src.kind {
+                SourceKind::Stable if stable_ok => {
+                    let same = match (&data, &v.read) {
+                        (Ok(a), Some(Ok(b))) => a == b,
+                        (Err(_), Some(Err(_))) => true,
+                        _ => false,
+                    };
+                    if !same {
+                        v.problems
+                            .push("open_newest_valid(stable) reads differently".into());
+                    }
+                }
+                SourceKind::Backup if input.with_backup && !stable_ok => {
+                    v.fell_back = true;
+                    if data.as_ref().ok() != Some(&seeds[input.seed].chunks) {
+                        v.problems
+                            .push("open_newest_valid(backup) is not the backup's data".into());
+                    }
+                }
+                kind => v.problems.push(format!(
+                    "open_newest_valid chose {kind:?} (stable ok: {stable_ok})"
+                )),
+            }
+        }
+        Err(fail) => {
+            if stable_ok || input.with_backup || !fail.error.reason.is_corruption() {
+                v.problems
+                    .push(format!("open_newest_valid failed: {}", fail.error));
+            }
+        }
+    }
+    v
+}
+
+fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
+    let fs = MemFs::new();
+    fs.mkdir(DIR);
+    fs.put(STABLE, input.bytes.clone());
+    if input.with_backup {
+        fs.put("/t/data.ptable.backup", seeds[input.seed].bytes.clone());
+    }
+    if input.as_snapshot {
+        fs.mkdir("/t/snapshots");
+        fs.put(SNAPSHOT, input.bytes.clone());
+    }
+    let (view, peak, largest) = tracked(|| core_view(&fs, input, seeds));
+    let mut problems = view.problems;
+    let limit = (16u64 << 20) + 130 * input.bytes.len() as u64;
+    if peak > limit {
+        problems.push(format!("allocated {peak} live bytes (limit {limit})"));
+    }
+
+    let kind = match input.bytes.get(0..8) {
+        Some(b"PTABLE\x02\x00") => Kind::V2,
+        Some(b"PTABLE\x01\x00") => Kind::Legacy,
+        _ => Kind::Other,
+    };
+    let depth = match (&view.open_err, &view.shallow, &view.deep) {
+        (Some(_), _, _) => Depth::Open,
+        (None, Some(Err(_)), _) => Depth::Frames,
+        (None, _, Some(Err(_))) => Depth::Content,
+        _ => Depth::Decoded,
+    };
+
+    // The oracle.
+    let reference = reference_decode(&input.bytes);
+    let mut new_valid_file = false;
+    match (&view.read, &reference) {
+        (Some(Ok(got)), Some(want)) => {
+            if got != want {
+                problems.push("decoded data differs from the reference decoder's".into());
+            }
+            if got != &seeds[input.seed].chunks {
+                new_valid_file = true;
+            }
+            // Without recomputed checksums, only a file byte-identical to a valid one (its
+            // seed after a no-op mutation, or another seed rebuilt by splices and cuts) may
+            // decode, and to exactly that file's data.
+            if !input.recomputed
+                && !seeds
+                    .iter()
+                    .any(|s| s.bytes == input.bytes && &s.chunks == got)
+            {
+                problems.push(
+                    "checksums not recomputed, yet decoded: not byte-identical to a seed".into(),
+                );
+            }
+        }
+        (Some(Ok(_)), None) => problems.push("accepted a file the reference rejects".into()),
+        (_, Some(_)) => problems.push(format!(
+            "rejected a file the reference accepts (open {:?}, verify {:?}/{:?})",
+            view.open_err, view.shallow, view.deep
+        )),
+        _ => {}
+    }
+    if problems.is_empty() {
+        Ok(Outcome {
+            kind,
+            depth,
+            recomputed: input.recomputed,
+            new_valid_file,
+            fell_back: view.fell_back,
+            peak,
+            largest,
+        })
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The driver.
+
+fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim().replace('_', "");
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    inputs: AtomicU64,
+    panics: AtomicU64,
+    failures: AtomicU64,
+    recomputed: AtomicU64,
+    new_valid: AtomicU64,
+    fell_back: AtomicU64,
+    /// [kind][depth]
+    depth: [[AtomicU64; 4]; 3],
+    peak: AtomicU64,
+    largest: AtomicU64,
+    slowest_us: AtomicU64,
+}
+
+const DEFAULT_ITERATIONS: u64 = 25_000;
+
+#[test]
+fn fuzz_decoders() {
+    let seeds = corpus();
+    for s in &seeds {
+        assert_eq!(
+            reference_decode(&s.bytes).as_ref(),
+            Some(&s.chunks),
+            "seed {} must be valid",
+            s.name
+        );
+    }
+    let run_seed = env_u64("PTABLE_FUZZ_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    if let Some(only) = env_u64("PTABLE_FUZZ_ONLY") {
+        let input = make_input(run_seed, only, &seeds);
+        println!(
+            "input {only} of seed {run_seed:#x}: from {}, {} bytes, recomputed {}",
+            seeds[input.seed].name,
+            input.bytes.len(),
+            input.recomputed
+        );
+        println!("{:02x?}", input.bytes);
+        let r = run_one(&input, &seeds);
+        assert!(r.is_ok(), "{:?}", r.err());
+        return;
+    }
+    let iterations = env_u64("PTABLE_FUZZ_ITERATIONS").unwrap_or(DEFAULT_ITERATIONS);
+    let threads = env_u64("PTABLE_FUZZ_THREADS")
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1)
+        })
+        .clamp(1, 64);
+    let hang_secs = env_u64("PTABLE_FUZZ_HANG_SECS").unwrap_or(30);
+    println!(
+        "fuzz_decoders: seed {run_seed:#x}, {iterations} inputs, {threads} threads, {} seed files \
+         (reproduce one input with PTABLE_FUZZ_SEED={run_seed:#x} PTABLE_FUZZ_ONLY=<index>)",
+        seeds.len()
+    );
+    for s in &seeds {
+        println!("  seed {:<32} {:>6} bytes", s.name, s.bytes.len());
+    }
+
+    let stats = Stats::default();
+    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let done = AtomicBool::new(false);
+    // Per worker: index of the input in progress and when it started (ms since `t0`), or
+    // u64::MAX when idle.
+    let t0 = Instant::now();
+    let current: Vec<(AtomicU64, AtomicU64)> = (0..threads)
+        .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
+        .collect();
+    let hang: Mutex<Option<String>> = Mutex::new(None);
+
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (seeds, stats, failures, current) = (&seeds, &stats, &failures, &current);
+            scope.spawn(move || {
+                let mut i = t;
+                while i < iterations {
+                    let started = t0.elapsed();
+                    current[t as usize]
+                        .1
+                        .store(started.as_millis() as u64, Ordering::Relaxed);
+                    current[t as usize].0.store(i, Ordering::Relaxed);
+                    let result = catch_unwind(AssertUnwindSafe(|| {
+                        let input = make_input(run_seed, i, seeds);
+                        run_one(&input, seeds)
+                    }));
+                    let took = (t0.elapsed() - started).as_micros() as u64;
+                    stats.slowest_us.fetch_max(took, Ordering::Relaxed);
+                    stats.inputs.fetch_add(1, Ordering::Relaxed);
+                    let record = |msg: String| {
+                        if let Ok(mut f) = failures.lock() {
+                            if f.len() < 20 {
+                                f.push(msg);
+                            }
+                        }
+                    };
+                    match result {
+                        Err(panic) => {
+                            stats.panics.fetch_add(1, Ordering::Relaxed);
+                            let what = panic
+                                .downcast_ref::<String>()
+                                .cloned()
+                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                                .unwrap_or_default();
+                            record(format!("input {i}: PANIC {what}"));
+                        }
+                        Ok(Err(msg)) => {
+                            stats.failures.fetch_add(1, Ordering::Relaxed);
+                            record(format!("input {i}: {msg}"));
+                        }
+                        Ok(Ok(o)) => {
+                            let k = o.kind as usize;
+                            let d = o.depth as usize;
+                            stats.depth[k][d].fetch_add(1, Ordering::Relaxed);
+                            if o.recomputed {
+                                stats.recomputed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if o.new_valid_file {
+                                stats.new_valid.fetch_add(1, Ordering::Relaxed);
+                            }
+                            if o.fell_back {
+                                stats.fell_back.fetch_add(1, Ordering::Relaxed);
+                            }
+                            stats.peak.fetch_max(o.peak, Ordering::Relaxed);
+                            stats.largest.fetch_max(o.largest, Ordering::Relaxed);
+                        }
+                    }
+                    i += threads;
+                }
+                current[t as usize].0.store(u64::MAX, Ordering::Relaxed);
+            });
+        }
+        // Watchdog and progress.
+        let (stats, current, done, hang) = (&stats, &current, &done, &hang);
+        scope.spawn(move || {
+            let mut last_report = Instant::now();
+            while !done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = t0.elapsed().as_millis() as u64;
+                let mut idle = 0;
+                for (index, since) in current.iter() {
+                    let index = index.load(Ordering::Relaxed);
+                    if index == u64::MAX {
+                        idle += 1;
+                        continue;
+                    }
+                    let since = since.load(Ordering::Relaxed);
+                    if now.saturating_sub(since) > hang_secs * 1000 {
+                        let msg = format!(
+                            "HANG: input {index} of seed {run_seed:#x} ran over {hang_secs} s"
+                        );
+                        eprintln!("{msg}");
+                        if let Ok(mut h) = hang.lock() {
+                            *h = Some(msg);
+                        }
+                        // A hung input cannot be interrupted: fail the whole process.
+                        std::process::exit(101);
+                    }
+                }
+                if idle == current.len() {
+                    break;
+                }
+                if last_report.elapsed() > Duration::from_secs(60) {
+                    last_report = Instant::now();
+                    eprintln!(
+                        "fuzz_decoders: {} inputs after {:.0} s",
+                        stats.inputs.load(Ordering::Relaxed),
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
+            }
+        });
+    });
+    done.store(true, Ordering::Relaxed);
+
+    let elapsed = t0.elapsed();
+    let n = stats.inputs.load(Ordering::Relaxed);
+    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    println!(
+        "fuzz_decoders: {n} inputs in {:.1} s ({:.0}/s), seed {run_seed:#x}",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "  panics {}, oracle failures {}, hangs 0 (slowest input {} us)",
+        get(&stats.panics),
+        get(&stats.failures),
+        get(&stats.slowest_us)
+    );
+    println!(
+        "  checksums recomputed after mutation: {}; decoded to new valid contents: {}; \
+         restore fell back to the backup: {}",
+        get(&stats.recomputed),
+        get(&stats.new_valid),
+        get(&stats.fell_back)
+    );
+    println!(
+        "  core allocation per input: peak live {} bytes, largest single {} bytes",
+        get(&stats.peak),
+        get(&stats.largest)
+    );
+    println!(
+        "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+        "depth", "v2", "legacy v1", "other", "total"
+    );
+    let names = [
+        "rejected at open (header)",
+        "rejected at a frame / MD5",
+        "rejected at decompression",
+        "decoded fully",
+    ];
+    for (d, name) in names.iter().enumerate() {
+        let row: Vec<u64> = (0..3).map(|k| get(&stats.depth[k][d])).collect();
+        println!(
+            "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+            name,
+            row[0],
+            row[1],
+            row[2],
+            row.iter().sum::<u64>()
+        );
+    }
+    let failures = failures.into_inner().unwrap_or_default();
+    for f in &failures {
+        println!("  FAIL {f}");
+    }
+    assert_eq!(get(&stats.panics), 0, "panics (seed {run_seed:#x})");
+    assert_eq!(
+        get(&stats.failures),
+        0,
+        "oracle failures (seed {run_seed:#x})"
+    );
+    assert_eq!(n, iterations);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regression tests for what fuzzing found.
+
+/// A version 2 file of one chunk at `level` whose frame claims `raw_len`, all checksums
+/// recomputed (so only the length check and decompression can refuse it).
+fn file_claiming(level: u8, raw: &[u8], raw_len: u64) -> Vec<u8> {
+    let bytes = write_v2(&[raw.to_vec()], level);
+    let mut m = V2Model::parse(&bytes, &[raw.to_vec()]).expect("parse");
+    m.frames[0].raw_len = raw_len;
+    m.fix_frame_crcs();
+    m.fix_header_crc();
+    m.encode()
+}
+
+#[test]
+fn a_frame_claiming_gigabytes_allocates_no_such_buffer() {
+    let raw = b"some chunk bytes, some chunk bytes, some chunk bytes".to_vec();
+    for level in [0u8, 1, 6, 9] {
+        for claim in [4u64 << 30, (4 << 30) - 1, 1 << 40, u64::MAX, 64 << 20] {
+            let fs = MemFs::new();
+            fs.put("/f", file_claiming(level, &raw, claim));
+            let ((verify, read), peak, largest) = tracked(|| {
+                let mut f = TableFile::open(&fs, Path::new("/f")).expect("header is valid");
+                assert_eq!(f.verify(false), Ok(()), "frames are CRC-valid");
+                let verify = f.verify(true).map_err(|e| e.reason);
+                let read = read_all(&mut f).map_err(|e| e.reason);
+                (verify, read)
+            });
+            assert_eq!(verify, Err(Reason::BadFile), "level {level} claim {claim}");
+            assert_eq!(read, Err(Reason::BadFile), "level {level} claim {claim}");
+            assert!(
+                peak < 4 << 20 && largest < 1 << 20,
+                "level {level} claim {claim}: peak {peak}, largest allocation {largest}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_highly_compressible_chunk_still_decodes() {
+    // 8 MiB of zeros: stored in a few hundred bytes, far beyond the eager ratio, so its size
+    // is confirmed by a bounded decompression before the buffer is allocated.
+    let raw = vec![0u8; 8 << 20];
+    for level in [1u8, 9] {
+        let fs = MemFs::new();
+        fs.put("/f", write_v2(std::slice::from_ref(&raw), level));
+        let mut f = TableFile::open(&fs, Path::new("/f")).expect("open");
+        assert_eq!(f.verify(true), Ok(()));
+        assert_eq!(read_all(&mut f).expect("read"), vec![raw.clone()]);
+        // One byte more or less than the truth is refused, without the buffer.
+        for claim in [raw.len() as u64 - 1, raw.len() as u64 + 1] {
+            fs.put("/g", file_claiming(level, &raw, claim));
+            let mut g = TableFile::open(&fs, Path::new("/g")).expect("open");
+            let (r, peak, _) = tracked(|| g.verify(true).map_err(|e| e.reason));
+            assert_eq!(r, Err(Reason::BadFile));
+            assert!(peak < 4 << 20, "peak {peak}");
+        }
+    }
+}
