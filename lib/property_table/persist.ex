@@ -34,7 +34,7 @@ defmodule PropertyTable.Persist do
       name when the table is an atom; required when it is a reference.
     * `:max_snapshots` - snapshots kept by `save_snapshot/2`. Default `25`.
     * `:compression` - `0` (none) to `9` (smallest files). Default `6`.
-    * `:chunk_size` - rows encoded, compressed and written at a time. Default `4000`.
+    * `:chunk_size` - rows encoded, compressed and written at a time. Default `1000`.
     * `:lock_timeout` - milliseconds to wait for another writer of the same directory
       (another process or OS process), or `:infinity`. Default `60_000`.
     * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
@@ -343,8 +343,13 @@ defmodule PropertyTable.Persist do
   # `after_commit` (a snapshot) while still holding the lock.
   defp write_table(table, opts, operation, after_commit) do
     with :ok <- check_table_exists(table, operation),
+         rows = table_size(table),
          {:ok, session} <-
-           locked(opts, operation, &Native.persist_begin(&1, opts.compression, opts.chunk_size)) do
+           locked(
+             opts,
+             operation,
+             &Native.persist_begin(&1, opts.compression, opts.chunk_size, rows)
+           ) do
       try do
         with :ok <- stream_table(table, session, opts, operation),
              :ok <- native(Native.persist_commit(session), operation) do
@@ -362,6 +367,13 @@ defmodule PropertyTable.Persist do
 
   defp check_table_exists(table, operation) do
     if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, operation)}
+  end
+
+  defp table_size(table) do
+    case :ets.info(table, :size) do
+      size when is_integer(size) -> size
+      _ -> 0
+    end
   end
 
   defp table_exists?(table) do

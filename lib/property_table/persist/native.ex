@@ -20,7 +20,12 @@ defmodule PropertyTable.Persist.Native do
     end
   end
 
-  def persist_begin(_dir, _level, _chunk_rows), do: :erlang.nif_error(:nif_not_loaded)
+  # `expected_rows` (the table's size, 0 if unknown) only sizes the compressor.
+  def persist_begin(dir, level, chunk_rows), do: persist_begin(dir, level, chunk_rows, 0)
+
+  def persist_begin(_dir, _level, _chunk_rows, _expected_rows),
+    do: :erlang.nif_error(:nif_not_loaded)
+
   def persist_append(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
   def persist_commit(_session), do: :erlang.nif_error(:nif_not_loaded)
   def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)

@@ -8,7 +8,7 @@ defmodule PropertyTable.Persist.Options do
     data_directory: "/tmp/property_table",
     max_snapshots: 25,
     compression: 6,
-    chunk_size: 4000,
+    chunk_size: 1000,
     lock_timeout: 60_000,
     safe: false,
     max_quarantined: 5

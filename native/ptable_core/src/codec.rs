@@ -1,136 +1,257 @@
 //! Chunk compression. The user's `:compression` level 0..9 picks the codec and its level;
 //! level 0 stores chunks as they are.
+//!
+//! Files are written with [`CODEC_ZSTD_STREAM`]: one zstd stream runs through the whole
+//! file and is flushed at the end of every chunk, so each frame's stored bytes are exactly
+//! what a decoder that has read all earlier frames needs to output that chunk. Later chunks
+//! reuse what the earlier ones taught the compressor (property names repeat across the
+//! table), which gives small files at fast levels and with small chunks. The price: frames
+//! decompress only in order. [`CODEC_ZSTD`] (one independent zstd frame per chunk) is still
+//! read.
 
 use std::io;
+use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 
 /// Codec ids stored in the header.
 pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
+pub const CODEC_ZSTD_STREAM: u8 = 2;
 
 /// The zstd level used for each user level 1..9 (index 0 unused). Chosen by measurement
-/// (bench/persist_bench.exs --sweep, bench/zstd_levels) on the benchmark's realistic table
-/// with 4,000-row chunks and on the synthetic chunks of ptable_core's tests: on both, every
-/// step gives files no larger than the one before (zstd 2, 4, 5, 6 and 7 are skipped
-/// because on one of them they give larger files than zstd 1 or 3). The default 6 (zstd 8)
-/// is the first such level whose files are no larger than property_table's
-/// (`term_to_binary(compressed: 6)`) at 1k, 100k and 1M rows.
-const ZSTD_LEVELS: [i32; 10] = [0, 1, 1, 3, 3, 3, 8, 10, 12, 19];
+/// (bench/persist_bench.exs --sweep) on the benchmark's realistic table: every step gives
+/// files no larger than the one before, and the default 6 is the fastest level whose files
+/// are no larger than property_table's (`term_to_binary(compressed: 6)`).
+const ZSTD_LEVELS: [i32; 10] = [0, 1, 3, 5, 5, 6, 7, 9, 13, 17];
+
+/// Largest zstd window (log2) a decoder accepts, so its context allocates at most 16 MiB
+/// whatever a file says. The writer's levels (zstd 1..19, no long mode) use at most 2^23.
+const WINDOW_LOG_MAX: u32 = 24;
 
 /// Returns the codec id for a user compression level, which must be 0..=9.
 pub fn codec_for_level(level: u8) -> u8 {
     if level == 0 {
         CODEC_NONE
     } else {
-        CODEC_ZSTD
+        CODEC_ZSTD_STREAM
     }
 }
 
-/// Compresses chunks of one file, reusing the codec's context.
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd_safe::get_error_name(code))
+}
+
+/// Compresses the chunks of one file, in order.
 pub struct Compressor {
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+    stream: Option<CCtx<'static>>,
+    started: bool,
 }
 
 impl Compressor {
     pub fn new(level: u8) -> io::Result<Self> {
-        let zstd = match ZSTD_LEVELS.get(usize::from(level)) {
+        let stream = match ZSTD_LEVELS.get(usize::from(level)) {
             Some(0) | None => None,
-            Some(&zl) => Some(zstd::bulk::Compressor::new(zl)?),
+            Some(&zl) => {
+                let mut cctx = CCtx::try_create()
+                    .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+                cctx.set_parameter(CParameter::CompressionLevel(zl))
+                    .map_err(zstd_error)?;
+                Some(cctx)
+            }
         };
-        Ok(Compressor { zstd })
+        Ok(Compressor {
+            stream,
+            started: false,
+        })
+    }
+
+    /// Before the first chunk: the expected size of all chunks together, so that zstd sizes
+    /// its window and tables for it (a stream of unknown size gets the tables of a huge
+    /// input, whose setup costs milliseconds for a small table).
+    pub fn hint_total_size(&mut self, bytes: u64) {
+        if let (Some(cctx), false) = (&mut self.stream, self.started) {
+            let hint = u32::try_from(bytes)
+                .unwrap_or(u32::MAX)
+                .min(i32::MAX as u32);
+            // Only a hint: a level that refuses it just keeps zstd's defaults.
+            let _ = cctx.set_parameter(CParameter::SrcSizeHint(hint));
+        }
     }
 
     pub fn codec(&self) -> u8 {
-        if self.zstd.is_some() {
-            CODEC_ZSTD
+        if self.stream.is_some() {
+            CODEC_ZSTD_STREAM
         } else {
             CODEC_NONE
         }
     }
 
-    /// Appends the compressed form of `raw` to `out`.
+    /// Appends the stored form of `raw` (the next chunk) to `out`.
     pub fn compress_into(&mut self, raw: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        match &mut self.zstd {
-            None => out.extend_from_slice(raw),
-            Some(z) => {
-                let start = out.len();
-                out.resize(start + zstd::zstd_safe::compress_bound(raw.len()), 0);
-                let n = z.compress_to_buffer(raw, &mut out[start..])?;
-                out.truncate(start + n);
+        let Some(cctx) = &mut self.stream else {
+            out.extend_from_slice(raw);
+            return Ok(());
+        };
+        self.started = true;
+        let mut input = InBuffer::around(raw);
+        loop {
+            let left = raw.len() - input.pos();
+            out.reserve(zstd_safe::compress_bound(left) + 64);
+            let start = out.len();
+            let mut output = OutBuffer::around_pos(out, start);
+            let pending = cctx
+                .compress_stream2(
+                    &mut output,
+                    &mut input,
+                    zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_flush,
+                )
+                .map_err(zstd_error)?;
+            if pending == 0 && input.pos() == raw.len() {
+                return Ok(());
             }
         }
-        Ok(())
     }
 }
 
-/// Decompresses chunks of one file.
+/// Decompresses the chunks of one file.
 pub struct Decompressor {
-    zstd: Option<zstd::bulk::Decompressor<'static>>,
+    kind: DecoderKind,
     /// Streaming context and its output window for [`Decompressor::decompresses_to`],
     /// created on first use.
-    stream: Option<(zstd::zstd_safe::DCtx<'static>, Vec<u8>)>,
+    size_check: Option<(DCtx<'static>, Vec<u8>)>,
+}
+
+enum DecoderKind {
+    None,
+    Frames(zstd::bulk::Decompressor<'static>),
+    /// The stream's context, and the last frame's output (see [`Decompressor::stage`]).
+    Stream(DCtx<'static>, Vec<u8>),
 }
 
 /// Output window of the size check: what it allocates, whatever a frame claims.
 const SIZE_CHECK_WINDOW: usize = 64 << 10;
-/// Largest zstd window (log2) the size check accepts, so its context allocates at most
-/// 16 MiB. The writer's levels (zstd 1..19, no long mode) use windows of at most 2^23.
-const SIZE_CHECK_WINDOW_LOG_MAX: u32 = 24;
+
+fn limited_dctx() -> Option<DCtx<'static>> {
+    let mut d = DCtx::try_create()?;
+    d.set_parameter(DParameter::WindowLogMax(WINDOW_LOG_MAX))
+        .ok()?;
+    Some(d)
+}
 
 impl Decompressor {
     /// `None` for a codec id this version does not know.
     pub fn for_codec(codec: u8) -> Option<Self> {
-        match codec {
-            CODEC_NONE => Some(Decompressor {
-                zstd: None,
-                stream: None,
-            }),
-            CODEC_ZSTD => zstd::bulk::Decompressor::new().ok().map(|z| Decompressor {
-                zstd: Some(z),
-                stream: None,
-            }),
-            _ => None,
+        let kind = match codec {
+            CODEC_NONE => DecoderKind::None,
+            CODEC_ZSTD => DecoderKind::Frames(zstd::bulk::Decompressor::new().ok()?),
+            CODEC_ZSTD_STREAM => DecoderKind::Stream(limited_dctx()?, Vec::new()),
+            _ => return None,
+        };
+        Some(Decompressor {
+            kind,
+            size_check: None,
+        })
+    }
+
+    /// Whether frames must be [staged](Self::stage) in order before they are read.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.kind, DecoderKind::Stream(..))
+    }
+
+    /// Starts again at the first frame.
+    pub fn reset(&mut self) {
+        if let DecoderKind::Stream(dctx, staged) = &mut self.kind {
+            staged.clear();
+            if dctx.reset(zstd_safe::ResetDirective::SessionOnly).is_err() {
+                // A context that cannot be reset is replaced; if that fails too, every
+                // frame after this fails to decode (an error, never wrong data).
+                if let Some(fresh) = limited_dctx() {
+                    *dctx = fresh;
+                }
+            }
+        }
+    }
+
+    /// Stream codec: decompresses the next frame into an internal buffer, growing it only
+    /// as output really comes (a frame that merely claims a huge `raw_len` allocates
+    /// nothing), and tells whether it gave exactly `raw_len` bytes. The bytes are then taken
+    /// by [`decompress_exact`](Self::decompress_exact). Frames must be staged in file order
+    /// from the first (or from a [`reset`](Self::reset)).
+    pub fn stage(&mut self, stored: &[u8], raw_len: u64) -> bool {
+        let DecoderKind::Stream(dctx, out) = &mut self.kind else {
+            return false;
+        };
+        out.clear();
+        let mut input = InBuffer::around(stored);
+        loop {
+            let room = (raw_len.saturating_add(1) - out.len() as u64)
+                .min(out.len().max(SIZE_CHECK_WINDOW) as u64);
+            // `room` >= 1 while out.len() <= raw_len, which the check below keeps.
+            out.reserve(room as usize);
+            let spare = out.capacity() - out.len();
+            let (before_in, before_out) = (input.pos(), out.len());
+            let start = out.len();
+            let mut output = OutBuffer::around_pos(out, start);
+            if dctx.decompress_stream(&mut output, &mut input).is_err() {
+                return false;
+            }
+            if out.len() as u64 > raw_len {
+                return false;
+            }
+            let produced = out.len() - before_out;
+            if input.pos() == stored.len() && produced < spare {
+                // All input taken and the decoder had room to spare: the frame is out.
+                return out.len() as u64 == raw_len;
+            }
+            if produced == 0 && input.pos() == before_in {
+                return false;
+            }
         }
     }
 
     /// Decompresses `stored` into exactly `out.len()` bytes; `false` if the data is not a
-    /// valid stream of exactly that size.
+    /// valid stream of exactly that size. For the stream codec, `stored` must be the frame
+    /// just [staged](Self::stage).
     pub fn decompress_exact(&mut self, stored: &[u8], out: &mut [u8]) -> bool {
-        match &mut self.zstd {
-            None => {
+        match &mut self.kind {
+            DecoderKind::None => {
                 if stored.len() != out.len() {
                     return false;
                 }
                 out.copy_from_slice(stored);
                 true
             }
-            Some(z) => matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len()),
+            DecoderKind::Frames(z) => {
+                matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len())
+            }
+            DecoderKind::Stream(_, staged) => {
+                if staged.len() != out.len() {
+                    return false;
+                }
+                out.copy_from_slice(staged);
+                true
+            }
         }
     }
 
-    /// Whether `stored` decompresses to exactly `raw_len` bytes, found out in bounded memory
-    /// (a fixed output window, and zstd's own window capped at 2^24 bytes),
-    /// so that a frame claiming a huge `raw_len` is refused before a buffer of that size is
-    /// allocated. The bytes themselves are checked later by the real decompression.
+    /// Independent-frames codec: whether `stored` decompresses to exactly `raw_len` bytes,
+    /// found out in bounded memory (a fixed output window, and zstd's own window capped at
+    /// 2^24 bytes), so that a frame claiming a huge `raw_len` is refused before a buffer of
+    /// that size is allocated. The bytes themselves are checked later by the real
+    /// decompression.
     pub fn decompresses_to(&mut self, stored: &[u8], raw_len: u64) -> bool {
-        use zstd::zstd_safe::{DCtx, DParameter, InBuffer, OutBuffer, ResetDirective};
-        if self.zstd.is_none() {
-            return stored.len() as u64 == raw_len;
+        match &self.kind {
+            DecoderKind::None => return stored.len() as u64 == raw_len,
+            DecoderKind::Stream(..) => return self.stage(stored, raw_len),
+            DecoderKind::Frames(_) => {}
         }
-        let (dctx, window) = match &mut self.stream {
+        let (dctx, window) = match &mut self.size_check {
             Some(s) => s,
-            None => match DCtx::try_create() {
-                Some(mut d) => {
-                    if d.set_parameter(DParameter::WindowLogMax(SIZE_CHECK_WINDOW_LOG_MAX))
-                        .is_err()
-                    {
-                        return false;
-                    }
-                    self.stream.insert((d, vec![0u8; SIZE_CHECK_WINDOW]))
-                }
+            None => match limited_dctx() {
+                Some(d) => self.size_check.insert((d, vec![0u8; SIZE_CHECK_WINDOW])),
                 None => return false,
             },
         };
-        if dctx.reset(ResetDirective::SessionOnly).is_err() {
+        if dctx.reset(zstd_safe::ResetDirective::SessionOnly).is_err() {
             return false;
         }
         let mut input = InBuffer::around(stored);
@@ -168,22 +289,72 @@ impl Decompressor {
 mod tests {
     use super::*;
 
+    fn chunks() -> Vec<Vec<u8>> {
+        (0..4u32)
+            .map(|c| {
+                (0..50_000u32)
+                    .flat_map(|i| ((i * (c + 1)) % 251).to_le_bytes())
+                    .collect()
+            })
+            .chain(std::iter::once(Vec::new()))
+            .collect()
+    }
+
+    /// Decodes `frames` in order with `d`, as the reader does.
+    fn decode_all(d: &mut Decompressor, frames: &[(Vec<u8>, usize)]) -> Option<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for (stored, len) in frames {
+            if d.is_stream() && !d.stage(stored, *len as u64) {
+                return None;
+            }
+            let mut buf = vec![0u8; *len];
+            if !d.decompress_exact(stored, &mut buf) {
+                return None;
+            }
+            out.push(buf);
+        }
+        Some(out)
+    }
+
     #[test]
-    fn every_level_round_trips() {
-        let raw: Vec<u8> = (0..50_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
+    fn every_level_round_trips_in_order_and_after_a_reset() {
+        let raw = chunks();
         for level in 0..=9u8 {
             let mut c = Compressor::new(level).unwrap();
             assert_eq!(c.codec(), codec_for_level(level));
-            let mut stored = vec![7u8];
-            c.compress_into(&raw, &mut stored).unwrap();
+            let frames: Vec<(Vec<u8>, usize)> = raw
+                .iter()
+                .map(|r| {
+                    let mut stored = Vec::new();
+                    c.compress_into(r, &mut stored).unwrap();
+                    (stored, r.len())
+                })
+                .collect();
+            if level > 0 {
+                let stored: usize = frames.iter().map(|f| f.0.len()).sum();
+                assert!(stored < raw.iter().map(Vec::len).sum::<usize>() / 4);
+            }
             let mut d = Decompressor::for_codec(c.codec()).unwrap();
-            let mut out = vec![0u8; raw.len()];
-            assert!(d.decompress_exact(&stored[1..], &mut out));
-            assert_eq!(out, raw);
-            let mut short = vec![0u8; raw.len() - 1];
-            assert!(!d.decompress_exact(&stored[1..], &mut short));
+            assert_eq!(decode_all(&mut d, &frames).as_ref(), Some(&raw));
+            d.reset();
+            assert_eq!(decode_all(&mut d, &frames).as_ref(), Some(&raw));
+            // A wrong length is refused.
+            d.reset();
+            let mut wrong = frames.clone();
+            wrong[0].1 -= 1;
+            assert_eq!(decode_all(&mut d, &wrong), None, "level {level}");
+        }
+    }
+
+    #[test]
+    fn independent_frames_are_still_read() {
+        let raw = chunks();
+        let mut d = Decompressor::for_codec(CODEC_ZSTD).unwrap();
+        for r in &raw {
+            let stored = zstd::bulk::compress(r, 3).unwrap();
+            let mut out = vec![0u8; r.len()];
+            assert!(d.decompress_exact(&stored, &mut out));
+            assert_eq!(&out, r);
         }
     }
 
@@ -199,24 +370,32 @@ mod tests {
             24 << 20,
         ] {
             let raw = vec![0u8; len];
+            let n = len as u64;
+            let independent = zstd::bulk::compress(&raw, 3).unwrap();
+            let mut d = Decompressor::for_codec(CODEC_ZSTD).unwrap();
+            assert!(d.decompresses_to(&independent, n), "len {len}");
+            assert!(!d.decompresses_to(&independent, n + 1), "len {len}");
+            if len > 0 {
+                assert!(!d.decompresses_to(&independent, n - 1), "len {len}");
+                let cut = &independent[..independent.len() - 1];
+                assert!(!d.decompresses_to(cut, n), "len {len}");
+            }
             for level in 0..=9u8 {
                 let mut c = Compressor::new(level).unwrap();
                 let mut stored = Vec::new();
                 c.compress_into(&raw, &mut stored).unwrap();
                 let mut d = Decompressor::for_codec(c.codec()).unwrap();
-                let n = len as u64;
-                assert!(d.decompresses_to(&stored, n), "len {len} level {level}");
-                assert!(
-                    !d.decompresses_to(&stored, n + 1),
-                    "len {len} level {level}"
-                );
+                let mut check = |stored: &[u8], claim: u64| {
+                    d.reset();
+                    d.decompresses_to(stored, claim)
+                };
+                assert!(check(&stored, n), "len {len} level {level}");
+                assert!(!check(&stored, n + 1), "len {len} level {level}");
+                assert!(!check(&stored, u64::MAX), "len {len} level {level}");
                 if len > 0 {
-                    assert!(
-                        !d.decompresses_to(&stored, n - 1),
-                        "len {len} level {level}"
-                    );
+                    assert!(!check(&stored, n - 1), "len {len} level {level}");
                     let cut = &stored[..stored.len() - 1];
-                    assert!(!d.decompresses_to(cut, n), "len {len} level {level}");
+                    assert!(!check(cut, n), "len {len} level {level}");
                 }
             }
         }

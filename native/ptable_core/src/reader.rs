@@ -146,6 +146,9 @@ impl TableFile {
 
     /// Goes back to the first chunk.
     pub fn rewind(&mut self) -> Result<()> {
+        if let Some(d) = &mut self.decompressor {
+            d.reset();
+        }
         self.file
             .seek(SeekFrom::Start(self.payload_start))
             .map_err(|e| Error::io(&e, &self.path))?;
@@ -316,14 +319,15 @@ impl TableFile {
         let eager = (self.scratch.len() as u64)
             .saturating_mul(EAGER_RATIO)
             .saturating_add(EAGER_SLACK);
-        if fh.raw_len > eager {
-            let ok = match &mut self.decompressor {
-                Some(d) => d.decompresses_to(&self.scratch, fh.raw_len),
-                None => false,
-            };
-            if !ok {
-                return Err(self.bad_file());
-            }
+        let ok = match &mut self.decompressor {
+            // Decompresses the frame now, in memory that grows only with real output.
+            Some(d) if d.is_stream() => d.stage(&self.scratch, fh.raw_len),
+            Some(d) if fh.raw_len > eager => d.decompresses_to(&self.scratch, fh.raw_len),
+            Some(_) => true,
+            None => fh.raw_len <= eager,
+        };
+        if !ok {
+            return Err(self.bad_file());
         }
         Ok(len)
     }

@@ -17,7 +17,7 @@
 use crate::codec::codec_for_level;
 use crate::error::{Error, Reason, Result};
 use crate::fs::{Fs, LockGuard};
-use crate::reader::{FileHeader, TableFile};
+use crate::reader::{Chunk, FileHeader, TableFile};
 use crate::snapshot_id::SnapshotId;
 use crate::writer::{ChunkWriter, Stamp, WriteOptions};
 use std::io;
@@ -246,7 +246,8 @@ enum Mode {
 ///
 /// While the chunks match the stable file's (same length, rows and XXH3-64, read and
 /// CRC-checked frame by frame), nothing is written. At the first difference the tmp file is
-/// started with the matched frames copied verbatim from the stable file.
+/// started with the matched chunks taken from the stable file (frames copied verbatim, or,
+/// for a zstd stream, decompressed and compressed again into the new stream).
 pub struct PersistSession {
     fs: Arc<dyn Fs>,
     dir: TableDir,
@@ -255,6 +256,7 @@ pub struct PersistSession {
     mode: Option<Mode>,
     digest: Xxh3,
     committed: bool,
+    expected_rows: u64,
     // Dropped last: everything above happens under the lock.
     _lock: Box<dyn LockGuard>,
 }
@@ -287,12 +289,21 @@ impl PersistSession {
             mode: Some(mode),
             digest: Xxh3::new(),
             committed: false,
+            expected_rows: 0,
             _lock: lock,
         })
     }
 
     pub fn dir(&self) -> &TableDir {
         &self.dir
+    }
+
+    /// How many rows the table has (a hint for the compressor; 0 when unknown).
+    pub fn expect_rows(&mut self, rows: u64) {
+        self.expected_rows = rows;
+        if let Some(Mode::Writing(writer)) = &mut self.mode {
+            writer.expect_rows(rows);
+        }
     }
 
     /// Appends one chunk: the encoding of `rows` rows. A failed append ends the session: the
@@ -341,11 +352,24 @@ impl PersistSession {
         {
             let mut writer =
                 ChunkWriter::create(self.fs.as_ref(), &self.dir.tmp(), self.options, self.stamp)?;
+            writer.expect_rows(self.expected_rows);
             stable.rewind()?;
             for _ in 0..matched {
-                match stable.next_stored_frame()? {
-                    Some((fh, stored)) => writer.append_stored(&fh, stored)?,
-                    None => return Err(Error::new(Reason::BadFile, stable.path())),
+                if writer.compresses_in_order() {
+                    // A frame of a zstd stream holds only what the stream has not seen yet,
+                    // so the new stream must see the matched chunks themselves.
+                    match stable.next_chunk(|len| Some(vec![0u8; len]))? {
+                        Some(Chunk {
+                            data,
+                            rows: Some(rows),
+                        }) => writer.append(&data, rows)?,
+                        _ => return Err(Error::new(Reason::BadFile, stable.path())),
+                    }
+                } else {
+                    match stable.next_stored_frame()? {
+                        Some((fh, stored)) => writer.append_stored(&fh, stored)?,
+                        None => return Err(Error::new(Reason::BadFile, stable.path())),
+                    }
                 }
             }
             self.mode = Some(Mode::Writing(writer));

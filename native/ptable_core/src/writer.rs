@@ -48,6 +48,7 @@ pub struct ChunkWriter {
     header: HeaderV2,
     compressor: Compressor,
     frame: Vec<u8>,
+    expected_rows: u64,
 }
 
 impl ChunkWriter {
@@ -77,6 +78,7 @@ impl ChunkWriter {
             },
             compressor,
             frame: Vec::new(),
+            expected_rows: 0,
         })
     }
 
@@ -89,9 +91,19 @@ impl ChunkWriter {
         &self.header
     }
 
+    /// Whether frames depend on the ones before (then [`append_stored`](Self::append_stored)
+    /// cannot be used: the compressor must see every chunk).
+    pub fn compresses_in_order(&self) -> bool {
+        self.header.codec == crate::codec::CODEC_ZSTD_STREAM
+    }
+
     /// Appends a frame copied from another file written with the same options (its CRC
-    /// covers its index, which is the same here).
+    /// covers its index, which is the same here). Not for a codec that
+    /// [compresses in order](Self::compresses_in_order).
     pub fn append_stored(&mut self, fh: &FrameHeader, stored: &[u8]) -> Result<()> {
+        if self.compresses_in_order() {
+            return Err(Error::new(Reason::BadFile, &self.path));
+        }
         let mut head = Vec::with_capacity(FRAME_HEADER_LEN);
         fh.encode_into(&mut head);
         let path = &self.path;
@@ -105,8 +117,19 @@ impl ChunkWriter {
         Ok(())
     }
 
+    /// How many rows the file will hold, if known: sizes the compressor for the whole file
+    /// from the first chunk.
+    pub fn expect_rows(&mut self, rows: u64) {
+        self.expected_rows = rows;
+    }
+
     /// Compresses `raw` (the encoding of `rows` rows) and appends it as one frame.
     pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
+        if self.header.chunk_count == 0 && self.expected_rows > 0 && rows > 0 {
+            let chunks = self.expected_rows.div_ceil(rows).max(1);
+            self.compressor
+                .hint_total_size((raw.len() as u64).saturating_mul(chunks));
+        }
         self.frame.clear();
         self.frame.resize(FRAME_HEADER_LEN, 0);
         self.compressor

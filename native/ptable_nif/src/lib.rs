@@ -190,10 +190,17 @@ fn ok_or_error<'a>(env: Env<'a>, result: ptable_core::Result<()>) -> Term<'a> {
 /// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
 /// another writer has it) and opens the tmp file.
 #[rustler::nif(schedule = "DirtyIo")]
-fn persist_begin<'a>(env: Env<'a>, dir: Binary, level: u8, chunk_rows: u32) -> Term<'a> {
+fn persist_begin<'a>(
+    env: Env<'a>,
+    dir: Binary,
+    level: u8,
+    chunk_rows: u32,
+    expected_rows: u64,
+) -> Term<'a> {
     let options = WriteOptions { level, chunk_rows };
     match PersistSession::begin(Arc::new(StdFs), TableDir::new(path_from(&dir)), options) {
-        Ok(session) => {
+        Ok(mut session) => {
+            session.expect_rows(expected_rows);
             let resource = ResourceArc::new(SessionResource(Mutex::new(SessionState::Idle(
                 Box::new(session),
             ))));
