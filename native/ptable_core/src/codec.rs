@@ -183,23 +183,23 @@ impl Decompressor {
         out.clear();
         let mut input = InBuffer::around(stored);
         loop {
+            // The output window of each call depends only on `raw_len` and the output so far
+            // (never on leftover capacity): zstd's output for a malformed stream can depend on
+            // the window's size, and a file must read the same every time.
             let room = (raw_len.saturating_add(1) - out.len() as u64)
-                .min(out.len().max(SIZE_CHECK_WINDOW) as u64);
-            // `room` >= 1 while out.len() <= raw_len, which the check below keeps.
-            out.reserve(room as usize);
-            let spare = out.capacity() - out.len();
-            let (before_in, before_out) = (input.pos(), out.len());
-            let start = out.len();
-            let mut output = OutBuffer::around_pos(out, start);
-            if dctx.decompress_stream(&mut output, &mut input).is_err() {
+                .min(out.len().max(SIZE_CHECK_WINDOW) as u64) as usize;
+            let (start, before_in) = (out.len(), input.pos());
+            out.resize(start + room, 0);
+            let mut output = OutBuffer::around(&mut out[start..]);
+            let result = dctx.decompress_stream(&mut output, &mut input);
+            let produced = output.pos();
+            out.truncate(start + produced);
+            if result.is_err() || out.len() as u64 > raw_len {
                 return false;
             }
-            if out.len() as u64 > raw_len {
-                return false;
-            }
-            let produced = out.len() - before_out;
-            if input.pos() == stored.len() && produced < spare {
-                // All input taken and the decoder had room to spare: the frame is out.
+            if input.pos() == stored.len() && produced == 0 {
+                // All input taken and nothing more comes out: the frame is out. (zstd may
+                // take the last input in one call and give its output only in the next.)
                 return out.len() as u64 == raw_len;
             }
             if produced == 0 && input.pos() == before_in {
@@ -273,7 +273,7 @@ impl Decompressor {
                 // A frame ended, fully flushed, with nothing after it.
                 return produced == raw_len;
             }
-            if consumed && n < SIZE_CHECK_WINDOW {
+            if consumed && n == 0 {
                 // Everything flushed, and the frame wants more input than there is.
                 return false;
             }

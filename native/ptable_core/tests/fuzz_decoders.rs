@@ -572,7 +572,7 @@ fn reference_v2(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
         let raw = if codec == 0 {
             stored.to_vec()
         } else if let Some(dctx) = &mut stream {
-            ref_stream_frame(dctx, stored, REF_MAX_RAW)?
+            ref_stream_frame(dctx, stored, raw_len)?
         } else {
             let mut out = vec![0u8; raw_len as usize];
             let n = zstd::bulk::Decompressor::new()
@@ -691,7 +691,7 @@ impl V2Model {
             f.stored_len = f.stored.len() as u64;
             match dctx
                 .as_mut()
-                .and_then(|d| ref_stream_frame(d, &f.stored, 1 << 20))
+                .and_then(|d| ref_stream_frame(d, &f.stored, f.raw_len.min(1 << 20)))
             {
                 Some(raw) => {
                     f.raw_len = raw.len() as u64;
@@ -775,26 +775,30 @@ fn ref_dctx() -> Option<zstd::zstd_safe::DCtx<'static>> {
 }
 
 /// The next frame of a codec 2 stream: everything the decoder outputs for `stored`, or
-/// `None` on a decoding error or past `max` bytes.
+/// `None` on a decoding error or past `claim` bytes. Like the core, each call gets an
+/// output window of min(claim + 1 - output so far, max(output so far, 64 KiB)) bytes: for
+/// some malformed streams zstd's output depends on the window's size.
 fn ref_stream_frame(
     dctx: &mut zstd::zstd_safe::DCtx<'static>,
     stored: &[u8],
-    max: u64,
+    claim: u64,
 ) -> Option<Vec<u8>> {
     use zstd::zstd_safe::{InBuffer, OutBuffer};
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
+    let mut out: Vec<u8> = Vec::new();
     let mut input = InBuffer::around(stored);
     loop {
+        let done = out.len() as u64;
+        let window = (claim.checked_add(1)? - done).min(done.max(1 << 16)) as usize;
+        let mut buf = vec![0u8; window];
         let before = input.pos();
         let mut ob = OutBuffer::around(&mut buf[..]);
         dctx.decompress_stream(&mut ob, &mut input).ok()?;
         let n = ob.pos();
         out.extend_from_slice(&buf[..n]);
-        if out.len() as u64 > max {
+        if out.len() as u64 > claim {
             return None;
         }
-        if input.pos() == stored.len() && n < buf.len() {
+        if input.pos() == stored.len() && n == 0 {
             return Some(out);
         }
         if n == 0 && input.pos() == before {
@@ -1780,5 +1784,37 @@ fn a_highly_compressible_chunk_still_decodes() {
             assert_eq!(r, Err(Reason::BadFile));
             assert!(peak < 2 * raw.len() as u64 + (4 << 20), "peak {peak}");
         }
+    }
+}
+
+/// Input 3,222,403 of seed 0x3f2c1d0e5a6b7c8d: a codec 2 file whose second frame is a
+/// complete zstd frame of its own, while the stream is inside the frame header that the
+/// first frame started. zstd decodes such a stream differently depending on the size of the
+/// output window it is given, so the core's windows depend only on the frame's `raw_len`
+/// and the output so far: the file reads the same every time, and the oracle (same window
+/// rule) agrees.
+#[test]
+fn a_stream_frame_reads_the_same_whatever_was_read_before() {
+    let hex = "50544142 4c450200 40000000 02010000 64000000 00401e18 240a0600 03000000 \
+               00000000 23000000 00000000 02000000 00000000 60000000 00000000 d97e6a20 \
+               431532d3 180a36d4 c38e39da 415f708a 00000000 00000000 05000000 00000000 \
+               08000000 00000000 c294d338 0580062d 9a1702ed 28b52ffd 60f80600 00000000 \
+               00130000 00000000 001b0000 00000000 00d97e6a 20431532 d3f8d870 0e28b52f \
+               fd60f805 4d000010 cece0100 f3fe000b";
+    let digits: Vec<u8> = hex.bytes().filter(u8::is_ascii_hexdigit).collect();
+    let bytes: Vec<u8> = digits
+        .chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).unwrap(), 16).unwrap())
+        .collect();
+    assert_eq!(bytes.len(), 176);
+    assert_eq!(reference_v2(&bytes), None);
+    let fs = MemFs::new();
+    fs.put("/f", bytes);
+    let mut f = TableFile::open(&fs, Path::new("/f")).expect("header is valid");
+    assert_eq!(f.verify(false), Ok(()));
+    for _ in 0..3 {
+        assert_eq!(f.verify(true).map_err(|e| e.reason), Err(Reason::BadFile));
+        assert_eq!(read_all(&mut f).map_err(|e| e.reason), Err(Reason::BadFile));
+        f.rewind().unwrap();
     }
 }
