@@ -21,6 +21,8 @@ const READ_BUFFER: usize = 256 << 10;
 /// most `EAGER_RATIO` times the stored size plus `EAGER_SLACK`: anything larger is first
 /// decompressed in bounded memory to check it really has that size (see
 /// [`TableFile::checked_raw_len`]), so a frame whose header claims gigabytes allocates nothing.
+/// (Frames of the zstd-stream codec are always decompressed first, into memory that grows
+/// with the real output.)
 const EAGER_RATIO: u64 = 64;
 const EAGER_SLACK: u64 = 1 << 20;
 
