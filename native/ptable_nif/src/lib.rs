@@ -3,12 +3,12 @@
 //! `{:error, reason_atom, path | nil}`. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Error, FileHeader,
+    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Chunk, Error, FileHeader,
     PersistSession, Reason, SnapshotId, StdFs, TableDir, TableFile, WriteOptions,
 };
 use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -110,7 +110,21 @@ impl SessionState {
 impl Resource for SessionResource {}
 
 /// A verified file being streamed back by a restore.
-struct ReaderResource(Mutex<Option<TableFile>>);
+struct ReaderResource(Mutex<Option<ReaderState>>);
+
+/// Chunks the reader thread decodes ahead of the caller: enough to keep it busy while the
+/// caller inserts rows, and a bound on their memory.
+const PREFETCHED_CHUNKS: usize = 2;
+
+type ChunkResult = ptable_core::Result<Option<Chunk<ChunkBinary>>>;
+
+/// A verified file, then (from the first `restore_next`) a thread that reads, decompresses
+/// and checks the next chunks while the caller inserts the current one. Closing (or
+/// collecting) the reader drops the receiver, which ends the thread and closes the file.
+enum ReaderState {
+    Ready(Box<TableFile>),
+    Prefetching(Receiver<ChunkResult>),
+}
 
 #[rustler::resource_impl]
 impl Resource for ReaderResource {}
@@ -304,7 +318,9 @@ fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'
                 .unwrap_or_else(|_| atoms::nil().encode(env));
             let failures = failure_list(env, &source.failures);
             let quarantined = path_list(env, &source.quarantined);
-            let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(source.file))));
+            let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(ReaderState::Ready(
+                Box::new(source.file),
+            )))));
             (atoms::ok(), reader, kind, path, failures, quarantined).encode(env)
         }
         Err(failure) => (
@@ -334,19 +350,53 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    let Some(file) = guard.as_mut() else {
+    if matches!(*guard, Some(ReaderState::Ready(_))) {
+        let Some(ReaderState::Ready(file)) = guard.take() else {
+            return closed_error(env);
+        };
+        let (chunks, queue) = sync_channel::<ChunkResult>(PREFETCHED_CHUNKS);
+        let started = std::thread::Builder::new()
+            .name("ptable_reader".into())
+            .spawn(move || {
+                let mut file = file;
+                loop {
+                    let next = file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))));
+                    let last = !matches!(next, Ok(Some(_)));
+                    if chunks.send(next).is_err() || last {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = started {
+            // The file went with the closure that could not run: the reader is closed.
+            return error_term(env, &Error::io(&e, std::path::Path::new("")));
+        }
+        *guard = Some(ReaderState::Prefetching(queue));
+    }
+    let Some(ReaderState::Prefetching(queue)) = guard.as_ref() else {
         return closed_error(env);
     };
-    match file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n)))) {
-        Ok(Some(chunk)) => {
+    match queue.recv() {
+        Ok(Ok(Some(chunk))) => {
             let rows = match chunk.rows {
                 Some(n) => n.encode(env),
                 None => atoms::nil().encode(env),
             };
             (atoms::ok(), chunk.data.0.release(env), rows).encode(env)
         }
-        Ok(None) => atoms::done().encode(env),
-        Err(e) => error_term(env, &e),
+        Ok(Ok(None)) => {
+            *guard = None;
+            atoms::done().encode(env)
+        }
+        Ok(Err(e)) => {
+            *guard = None;
+            error_term(env, &e)
+        }
+        // The thread ended without a last word (it panicked): the reader is closed.
+        Err(_) => {
+            *guard = None;
+            closed_error(env)
+        }
     }
 }
 
