@@ -214,7 +214,8 @@ defmodule PropertyTable.Persist do
 
   ## Examples
 
-      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_list_\#{System.unique_integer([:positive])}")
+      iex> dir = Path.join(System.tmp_dir!(), "ptp_doc_list")
+      iex> _ = File.rm_rf!(dir)
       iex> PropertyTable.Persist.get_snapshot_list(data_directory: dir, table_name: "doc")
       []
       iex> table = :ets.new(:doc_list, [:set, :public])
