@@ -354,6 +354,7 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
         let Some(ReaderState::Ready(file)) = guard.take() else {
             return closed_error(env);
         };
+        let path = file.path().to_path_buf();
         let (chunks, queue) = sync_channel::<ChunkResult>(PREFETCHED_CHUNKS);
         let started = std::thread::Builder::new()
             .name("ptable_reader".into())
@@ -369,7 +370,7 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
             });
         if let Err(e) = started {
             // The file went with the closure that could not run: the reader is closed.
-            return error_term(env, &Error::io(&e, std::path::Path::new("")));
+            return error_term(env, &Error::io(&e, &path));
         }
         *guard = Some(ReaderState::Prefetching(queue));
     }
