@@ -246,8 +246,8 @@ enum Mode {
 ///
 /// While the chunks match the stable file's (same length, rows and XXH3-64, read and
 /// CRC-checked frame by frame), nothing is written. At the first difference the tmp file is
-/// started with the matched chunks taken from the stable file (frames copied verbatim, or,
-/// for a zstd stream, decompressed and compressed again into the new stream).
+/// started with the matched chunks read back from the stable file (decompressed, checked
+/// and compressed again into the new file).
 pub struct PersistSession {
     fs: Arc<dyn Fs>,
     dir: TableDir,
@@ -342,7 +342,7 @@ impl PersistSession {
         }
     }
 
-    /// Leaves comparing mode: starts the tmp file with the frames matched so far, copied
+    /// Leaves comparing mode: starts the tmp file with the chunks matched so far, read back
     /// (and checked again) from the stable file.
     fn start_writing(&mut self) -> Result<&mut ChunkWriter> {
         if let Some(Mode::Comparing {
@@ -355,21 +355,14 @@ impl PersistSession {
             writer.expect_rows(self.expected_rows);
             stable.rewind()?;
             for _ in 0..matched {
-                if writer.compresses_in_order() {
-                    // A frame of a zstd stream holds only what the stream has not seen yet,
-                    // so the new stream must see the matched chunks themselves.
-                    match stable.next_chunk(|len| Some(vec![0u8; len]))? {
-                        Some(Chunk {
-                            data,
-                            rows: Some(rows),
-                        }) => writer.append(&data, rows)?,
-                        _ => return Err(Error::new(Reason::BadFile, stable.path())),
-                    }
-                } else {
-                    match stable.next_stored_frame()? {
-                        Some((fh, stored)) => writer.append_stored(&fh, stored)?,
-                        None => return Err(Error::new(Reason::BadFile, stable.path())),
-                    }
+                // Compressed again, not copied: a frame of a zstd stream holds only what the
+                // stream had not seen yet, so the new stream must see the chunks themselves.
+                match stable.next_chunk(|len| Some(vec![0u8; len]))? {
+                    Some(Chunk {
+                        data,
+                        rows: Some(rows),
+                    }) => writer.append(&data, rows)?,
+                    _ => return Err(Error::new(Reason::BadFile, stable.path())),
                 }
             }
             self.mode = Some(Mode::Writing(writer));

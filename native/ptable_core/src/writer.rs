@@ -91,32 +91,6 @@ impl ChunkWriter {
         &self.header
     }
 
-    /// Whether frames depend on the ones before (then [`append_stored`](Self::append_stored)
-    /// cannot be used: the compressor must see every chunk).
-    pub fn compresses_in_order(&self) -> bool {
-        self.header.codec == crate::codec::CODEC_ZSTD_STREAM
-    }
-
-    /// Appends a frame copied from another file written with the same options (its CRC
-    /// covers its index, which is the same here). Not for a codec that
-    /// [compresses in order](Self::compresses_in_order).
-    pub fn append_stored(&mut self, fh: &FrameHeader, stored: &[u8]) -> Result<()> {
-        if self.compresses_in_order() {
-            return Err(Error::new(Reason::BadFile, &self.path));
-        }
-        let mut head = Vec::with_capacity(FRAME_HEADER_LEN);
-        fh.encode_into(&mut head);
-        let path = &self.path;
-        self.file
-            .write_all(&head)
-            .and_then(|()| self.file.write_all(stored))
-            .map_err(|e| Error::io(&e, path))?;
-        self.header.chunk_count += 1;
-        self.header.row_count += fh.row_count;
-        self.header.payload_len += (FRAME_HEADER_LEN + stored.len()) as u64;
-        Ok(())
-    }
-
     /// How many rows the file will hold, if known: sizes the compressor for the whole file
     /// from the first chunk.
     pub fn expect_rows(&mut self, rows: u64) {
