@@ -152,7 +152,8 @@ impl Decompressor {
         })
     }
 
-    /// Whether frames must be [staged](Self::stage) in order before they are read.
+    /// Whether every frame must go through [`decompresses_to`](Self::decompresses_to), in
+    /// file order, before it is read.
     pub fn is_stream(&self) -> bool {
         matches!(self.kind, DecoderKind::Stream(..))
     }
@@ -176,7 +177,7 @@ impl Decompressor {
     /// nothing), and tells whether it gave exactly `raw_len` bytes. The bytes are then taken
     /// by [`decompress_exact`](Self::decompress_exact). Frames must be staged in file order
     /// from the first (or from a [`reset`](Self::reset)).
-    pub fn stage(&mut self, stored: &[u8], raw_len: u64) -> bool {
+    fn stage(&mut self, stored: &[u8], raw_len: u64) -> bool {
         let DecoderKind::Stream(dctx, out) = &mut self.kind else {
             return false;
         };
@@ -210,7 +211,7 @@ impl Decompressor {
 
     /// Decompresses `stored` into exactly `out.len()` bytes; `false` if the data is not a
     /// valid stream of exactly that size. For the stream codec, `stored` must be the frame
-    /// just [staged](Self::stage).
+    /// [`decompresses_to`](Self::decompresses_to) just decoded.
     pub fn decompress_exact(&mut self, stored: &[u8], out: &mut [u8]) -> bool {
         match &mut self.kind {
             DecoderKind::None => {
@@ -233,11 +234,12 @@ impl Decompressor {
         }
     }
 
-    /// Independent-frames codec: whether `stored` decompresses to exactly `raw_len` bytes,
-    /// found out in bounded memory (a fixed output window, and zstd's own window capped at
-    /// 2^24 bytes), so that a frame claiming a huge `raw_len` is refused before a buffer of
-    /// that size is allocated. The bytes themselves are checked later by the real
-    /// decompression.
+    /// Whether `stored` decompresses to exactly `raw_len` bytes, found out without allocating
+    /// what `raw_len` merely claims, so that a frame claiming a huge `raw_len` is refused
+    /// before a buffer of that size is allocated. Independent frames are decoded into a fixed
+    /// window (zstd's own window capped at 2^24 bytes) and checked again by the real
+    /// decompression; a stream frame is decoded for real (see [`stage`](Self::stage)) and
+    /// its bytes kept for [`decompress_exact`](Self::decompress_exact).
     pub fn decompresses_to(&mut self, stored: &[u8], raw_len: u64) -> bool {
         match &self.kind {
             DecoderKind::None => return stored.len() as u64 == raw_len,
@@ -304,7 +306,7 @@ mod tests {
     fn decode_all(d: &mut Decompressor, frames: &[(Vec<u8>, usize)]) -> Option<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for (stored, len) in frames {
-            if d.is_stream() && !d.stage(stored, *len as u64) {
+            if d.is_stream() && !d.decompresses_to(stored, *len as u64) {
                 return None;
             }
             let mut buf = vec![0u8; *len];

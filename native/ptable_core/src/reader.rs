@@ -322,9 +322,10 @@ impl TableFile {
             .saturating_mul(EAGER_RATIO)
             .saturating_add(EAGER_SLACK);
         let ok = match &mut self.decompressor {
-            // Decompresses the frame now, in memory that grows only with real output.
-            Some(d) if d.is_stream() => d.stage(&self.scratch, fh.raw_len),
-            Some(d) if fh.raw_len > eager => d.decompresses_to(&self.scratch, fh.raw_len),
+            // A stream frame is always decoded here (it must be, in order).
+            Some(d) if d.is_stream() || fh.raw_len > eager => {
+                d.decompresses_to(&self.scratch, fh.raw_len)
+            }
             Some(_) => true,
             None => fh.raw_len <= eager,
         };
