@@ -343,8 +343,7 @@ defmodule PropertyTable.Persist do
   # Streams the table into a new file under the directory lock, commits it, then runs
   # `after_commit` (a snapshot) while still holding the lock.
   defp write_table(table, opts, operation, after_commit) do
-    with :ok <- check_table_exists(table, operation),
-         rows = table_size(table),
+    with {:ok, rows} <- table_size(table, operation),
          {:ok, session} <-
            locked(
              opts,
@@ -366,15 +365,14 @@ defmodule PropertyTable.Persist do
     native(Native.persist_snapshot(session, opts.max_snapshots), :save_snapshot)
   end
 
-  defp check_table_exists(table, operation) do
-    if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, operation)}
-  end
-
-  defp table_size(table) do
+  # The row count (a hint for the compressor), or `:no_table`.
+  defp table_size(table, operation) do
     case :ets.info(table, :size) do
-      size when is_integer(size) -> size
-      _ -> 0
+      size when is_integer(size) -> {:ok, size}
+      :undefined -> {:error, error(:no_table, nil, operation)}
     end
+  rescue
+    ArgumentError -> {:error, error(:no_table, nil, operation)}
   end
 
   defp table_exists?(table) do
