@@ -46,30 +46,11 @@ enum SessionState {
 impl SessionState {
     /// Hands a chunk to the writer thread, starting it on the first chunk.
     fn append(&mut self, raw: &[u8], rows: u64) -> ptable_core::Result<()> {
-        if let SessionState::Idle(_) = self {
-            let SessionState::Idle(mut session) = std::mem::replace(self, SessionState::Closed)
-            else {
-                unreachable!()
-            };
-            let dir = session.dir().root().to_path_buf();
-            let (chunks, queue) = sync_channel::<(Vec<u8>, u64)>(QUEUED_CHUNKS);
-            // If no thread can be started, the session is dropped with the closure: its
-            // tmp file is removed and the lock released.
-            let writer = std::thread::Builder::new()
-                .name("ptable_writer".into())
-                .spawn(move || {
-                    // Ends when the sender is dropped, or at the first failure (dropping
-                    // the queue, which makes the next send fail).
-                    for (raw, rows) in queue {
-                        if let Err(e) = session.append(&raw, rows) {
-                            return (session, Err(e));
-                        }
-                    }
-                    (session, Ok(()))
-                })
-                .map_err(|e| Error::io(&e, &dir))?;
-            *self = SessionState::Streaming { chunks, writer };
-        }
+        // On an error the state stays `Closed`.
+        *self = match std::mem::replace(self, SessionState::Closed) {
+            SessionState::Idle(session) => start_writer(session)?,
+            other => other,
+        };
         match self {
             SessionState::Streaming { chunks, .. } => {
                 if chunks.send((raw.to_vec(), rows)).is_ok() {
@@ -85,25 +66,44 @@ impl SessionState {
     /// Waits for the writer thread to finish the queued chunks and returns the session, or
     /// the error that ended it.
     fn drain(&mut self) -> ptable_core::Result<&mut PersistSession> {
-        if let SessionState::Streaming { .. } = self {
-            let SessionState::Streaming { chunks, writer } =
-                std::mem::replace(self, SessionState::Closed)
-            else {
-                unreachable!()
-            };
-            drop(chunks);
-            // A panic in the writer leaves the session closed (and its lock released).
-            let (session, result) = writer
-                .join()
-                .map_err(|_| Error::without_path(Reason::Closed))?;
-            *self = SessionState::Idle(session);
-            result?;
+        match std::mem::replace(self, SessionState::Closed) {
+            SessionState::Streaming { chunks, writer } => {
+                drop(chunks);
+                // A panic in the writer leaves the session closed (and its lock released).
+                let (session, result) = writer
+                    .join()
+                    .map_err(|_| Error::without_path(Reason::Closed))?;
+                *self = SessionState::Idle(session);
+                result?;
+            }
+            other => *self = other,
         }
         match self {
             SessionState::Idle(session) => Ok(session),
             _ => Err(Error::without_path(Reason::Closed)),
         }
     }
+}
+
+/// Starts the writer thread that owns `session` from now on. If no thread can be started,
+/// the session is dropped with the closure: its tmp file is removed and the lock released.
+fn start_writer(mut session: Box<PersistSession>) -> ptable_core::Result<SessionState> {
+    let dir = session.dir().root().to_path_buf();
+    let (chunks, queue) = sync_channel::<(Vec<u8>, u64)>(QUEUED_CHUNKS);
+    let writer = std::thread::Builder::new()
+        .name("ptable_writer".into())
+        .spawn(move || {
+            // Ends when the sender is dropped, or at the first failure (dropping the queue,
+            // which makes the next send fail).
+            for (raw, rows) in queue {
+                if let Err(e) = session.append(&raw, rows) {
+                    return (session, Err(e));
+                }
+            }
+            (session, Ok(()))
+        })
+        .map_err(|e| Error::io(&e, &dir))?;
+    Ok(SessionState::Streaming { chunks, writer })
 }
 
 #[rustler::resource_impl]
@@ -350,30 +350,14 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     };
-    if matches!(*guard, Some(ReaderState::Ready(_))) {
-        let Some(ReaderState::Ready(file)) = guard.take() else {
-            return closed_error(env);
-        };
-        let path = file.path().to_path_buf();
-        let (chunks, queue) = sync_channel::<ChunkResult>(PREFETCHED_CHUNKS);
-        let started = std::thread::Builder::new()
-            .name("ptable_reader".into())
-            .spawn(move || {
-                let mut file = file;
-                loop {
-                    let next = file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))));
-                    let last = !matches!(next, Ok(Some(_)));
-                    if chunks.send(next).is_err() || last {
-                        break;
-                    }
-                }
-            });
-        if let Err(e) = started {
-            // The file went with the closure that could not run: the reader is closed.
-            return error_term(env, &Error::io(&e, &path));
-        }
-        *guard = Some(ReaderState::Prefetching(queue));
-    }
+    *guard = match guard.take() {
+        Some(ReaderState::Ready(file)) => match start_reader(*file) {
+            Ok(queue) => Some(ReaderState::Prefetching(queue)),
+            // The file went with the thread that could not start: the reader is closed.
+            Err(e) => return error_term(env, &e),
+        },
+        other => other,
+    };
     let Some(ReaderState::Prefetching(queue)) = guard.as_ref() else {
         return closed_error(env);
     };
@@ -399,6 +383,24 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
             closed_error(env)
         }
     }
+}
+
+/// Starts the thread that reads, decompresses and checks the chunks of `file` ahead of
+/// `restore_next`; it ends after the last chunk or an error, or when the receiver is dropped.
+fn start_reader(mut file: TableFile) -> ptable_core::Result<Receiver<ChunkResult>> {
+    let path = file.path().to_path_buf();
+    let (chunks, queue) = sync_channel::<ChunkResult>(PREFETCHED_CHUNKS);
+    std::thread::Builder::new()
+        .name("ptable_reader".into())
+        .spawn(move || loop {
+            let next = file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))));
+            let last = !matches!(next, Ok(Some(_)));
+            if chunks.send(next).is_err() || last {
+                break;
+            }
+        })
+        .map_err(|e| Error::io(&e, &path))?;
+    Ok(queue)
 }
 
 /// Closes the file early (it is also closed when the reader is collected).
