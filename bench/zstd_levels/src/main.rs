@@ -2,106 +2,145 @@
 //!
 //! CHUNKS_FILE holds `<<raw_len::32-little, rows::32-little, raw::binary>>` records: the
 //! external term format of each chunk, exactly what PropertyTable.Persist hands the NIF.
-//! For each zstd level, compresses the chunks with one reused bulk compressor (as
-//! ptable_core::codec does), one frame per chunk, and also with frames of 4 and 16
-//! consecutive chunks (what a larger frame than the row chunk would give). Prints a
-//! Markdown table of file sizes (frames with their 36-byte headers plus the 80-byte file
-//! header) and the best-of-N compression and decompression times.
+//! Compresses them as one file, in order: with each user level 1..9 through
+//! `ptable_core::codec::Compressor` (what the library writes), and with plain zstd levels
+//! in the same stream mode (one stream flushed at the end of every chunk, the total size as
+//! a hint). Prints a Markdown table of file sizes (frames with their 36-byte headers plus the
+//! 80-byte file header) and best-of-N compression times on one core.
 
+use ptable_core::codec::Compressor;
 use std::time::{Duration, Instant};
+use zstd::zstd_safe::{zstd_sys::ZSTD_EndDirective, CCtx, CParameter, InBuffer, OutBuffer};
 
 const FRAME_HEADER: usize = 36;
 const FILE_HEADER: usize = 80;
-const GROUPS: [usize; 3] = [1, 4, 16];
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let path = args
-        .next()
-        .expect("usage: zstd_levels CHUNKS_FILE [BASELINE_BYTES]");
+    let Some(path) = args.next() else {
+        eprintln!("usage: zstd_levels CHUNKS_FILE [BASELINE_BYTES]");
+        std::process::exit(2);
+    };
     let baseline: Option<usize> = args.next().and_then(|s| s.parse().ok());
-    let data = std::fs::read(&path).expect("read chunks file");
-    let mut chunks = Vec::new();
-    let mut rows = 0u64;
-    let mut at = 0;
-    while at < data.len() {
-        let len = u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-        rows += u64::from(u32::from_le_bytes(data[at + 4..at + 8].try_into().unwrap()));
-        at += 8;
-        chunks.push(&data[at..at + len]);
-        at += len;
-    }
+    let data = std::fs::read(&path).unwrap_or_else(|e| {
+        eprintln!("cannot read {path}: {e}");
+        std::process::exit(2);
+    });
+    let chunks = parse_chunks(&data).unwrap_or_else(|| {
+        eprintln!("{path}: not a chunk dump");
+        std::process::exit(2);
+    });
     let raw_total: usize = chunks.iter().map(|c| c.len()).sum();
-    let frames: Vec<Vec<Vec<u8>>> = GROUPS
-        .iter()
-        .map(|&g| chunks.chunks(g).map(|c| c.concat()).collect())
-        .collect();
+    let reference = baseline.unwrap_or(raw_total);
 
     println!(
-        "## Raw zstd levels ({} chunks, {} rows, {} of term_to_binary)\n",
+        "## Compression levels ({} chunks, {} of term_to_binary)\n",
         chunks.len(),
-        rows,
         fmt_bytes(raw_total)
     );
     println!(
-        "bench/zstd_levels: compression with a reused `zstd::bulk::Compressor`, as \
-         `native/ptable_core/src/codec.rs` does, one frame per chunk (as the library does) \
-         or per 4 or 16 consecutive chunks. Sizes include the file and frame headers{}. Times: \
-         best of {} passes over the whole table, compression or decompression only (no \
-         hashing, I/O or Elixir work), on one core.\n",
+        "bench/zstd_levels: the chunks compressed as one file, in order, by the library's \
+         compressor at each `:compression` level and by plain zstd levels in the same stream \
+         mode. Sizes include the file and frame headers{}. Times: best of {} passes, \
+         compression only (no hashing, I/O or Elixir work), on one core.\n",
         match baseline {
             Some(b) => format!("; ratio is to the 0.2.3 baseline's file ({})", fmt_bytes(b)),
             None => String::new(),
         },
         passes(raw_total)
     );
-    println!(
-        "| zstd level | size, 1-chunk frames | ratio | compress ms | decompress ms | \
-         size, 4-chunk frames | ratio | compress ms | size, 16-chunk frames | ratio | compress ms |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let reference = baseline.unwrap_or(raw_total);
-    let ratio = |size: usize| format!("{:.3}", size as f64 / reference as f64);
-    let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
-
-    for level in (-5..=-1).chain(1..=19) {
-        let mut cells = vec![level.to_string()];
-        for (gi, group_frames) in frames.iter().enumerate() {
-            let reps = if level >= 14 { 1 } else { passes(raw_total) };
-            let mut comp = zstd::bulk::Compressor::new(level).unwrap();
-            let mut out: Vec<Vec<u8>> = Vec::new();
-            let mut best_c = Duration::MAX;
-            for _ in 0..reps {
-                let t = Instant::now();
-                out = group_frames
-                    .iter()
-                    .map(|f| comp.compress(f).unwrap())
-                    .collect();
-                best_c = best_c.min(t.elapsed());
-            }
-            let size: usize =
-                FILE_HEADER + out.iter().map(|c| c.len() + FRAME_HEADER).sum::<usize>();
-            cells.push(fmt_bytes(size));
-            cells.push(ratio(size));
-            cells.push(ms(best_c));
-            if gi == 0 {
-                let mut dec = zstd::bulk::Decompressor::new().unwrap();
-                let longest = group_frames.iter().map(|f| f.len()).max().unwrap_or(0);
-                let mut buf = vec![0u8; longest];
-                let mut best_d = Duration::MAX;
-                for _ in 0..passes(raw_total) {
-                    let t = Instant::now();
-                    for (c, raw) in out.iter().zip(group_frames) {
-                        let n = dec.decompress_to_buffer(c, &mut buf[..raw.len()]).unwrap();
-                        assert_eq!(n, raw.len());
-                    }
-                    best_d = best_d.min(t.elapsed());
-                }
-                cells.push(ms(best_d));
-            }
-        }
-        println!("| {} |", cells.join(" | "));
+    println!("| compressor | file size | ratio | compress ms |");
+    println!("|---|---:|---:|---:|");
+    let row = |name: String, (size, time): (usize, Duration)| {
+        println!(
+            "| {name} | {} | {:.3} | {:.1} |",
+            fmt_bytes(size),
+            size as f64 / reference as f64,
+            time.as_secs_f64() * 1000.0
+        );
+    };
+    for level in 1..=9u8 {
+        row(
+            format!("`compression: {level}` (library)"),
+            best_of(raw_total, || library_file_size(&chunks, level)),
+        );
     }
+    for level in 1..=9 {
+        row(
+            format!("zstd {level}"),
+            best_of(raw_total, || zstd_file_size(&chunks, level)),
+        );
+    }
+}
+
+fn parse_chunks(data: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut chunks = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let raw = rest.get(8..8 + len)?;
+        chunks.push(raw);
+        rest = &rest[8 + len..];
+    }
+    Some(chunks)
+}
+
+fn best_of(raw_total: usize, mut run: impl FnMut() -> usize) -> (usize, Duration) {
+    let mut best = Duration::MAX;
+    let mut size = 0;
+    for _ in 0..passes(raw_total) {
+        let t = Instant::now();
+        size = run();
+        best = best.min(t.elapsed());
+    }
+    (size, best)
+}
+
+fn file_size(stored: usize, chunks: usize) -> usize {
+    FILE_HEADER + stored + FRAME_HEADER * chunks
+}
+
+fn library_file_size(chunks: &[&[u8]], level: u8) -> usize {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let mut compressor = Compressor::new(level).expect("compressor");
+    compressor.hint_total_size(total as u64);
+    let mut out = Vec::new();
+    let mut stored = 0;
+    for chunk in chunks {
+        out.clear();
+        compressor.compress_into(chunk, &mut out).expect("compress");
+        stored += out.len();
+    }
+    file_size(stored, chunks.len())
+}
+
+fn zstd_file_size(chunks: &[&[u8]], level: i32) -> usize {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    let mut cctx = CCtx::create();
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .expect("level");
+    cctx.set_parameter(CParameter::SrcSizeHint(total.min(i32::MAX as usize) as u32))
+        .expect("hint");
+    let mut out: Vec<u8> = Vec::new();
+    let mut stored = 0;
+    for chunk in chunks {
+        out.clear();
+        out.reserve(zstd::zstd_safe::compress_bound(chunk.len()) + 64);
+        let mut input = InBuffer::around(chunk);
+        loop {
+            let start = out.len();
+            let mut output = OutBuffer::around_pos(&mut out, start);
+            let pending = cctx
+                .compress_stream2(&mut output, &mut input, ZSTD_EndDirective::ZSTD_e_flush)
+                .expect("compress");
+            if pending == 0 && input.pos() == chunk.len() {
+                break;
+            }
+            out.reserve(64 << 10);
+        }
+        stored += out.len();
+    }
+    file_size(stored, chunks.len())
 }
 
 fn passes(raw_total: usize) -> usize {

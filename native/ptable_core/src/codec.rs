@@ -17,11 +17,77 @@ pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 pub const CODEC_ZSTD_STREAM: u8 = 2;
 
-/// The zstd level used for each user level 1..9 (index 0 unused). Chosen by measurement
-/// (bench/persist_bench.exs --sweep) on the benchmark's realistic table: every step gives
-/// files no larger than the one before, and the default 6 is the fastest level whose files
-/// are no larger than property_table's (`term_to_binary(compressed: 6)`).
-const ZSTD_LEVELS: [i32; 10] = [0, 1, 3, 5, 5, 6, 7, 9, 13, 17];
+/// How one user level compresses: a zstd level, and another setting for large files
+/// (see [`LARGE_INPUT_BYTES`]).
+#[derive(Debug, Clone, Copy)]
+struct Tuning {
+    zstd_level: i32,
+    large: Option<LargeTuning>,
+}
+
+/// zstd level for large files, with its search depth (log2) and shortest match changed.
+#[derive(Debug, Clone, Copy)]
+struct LargeTuning {
+    zstd_level: i32,
+    search_log: u32,
+    min_match: u32,
+}
+
+const fn level(zstd_level: i32) -> Tuning {
+    Tuning {
+        zstd_level,
+        large: None,
+    }
+}
+
+const fn large_tuned(zstd_level: i32, large: LargeTuning) -> Tuning {
+    Tuning {
+        zstd_level,
+        large: Some(large),
+    }
+}
+
+/// How each user level 1..9 compresses (index 0 unused). Chosen by measurement
+/// (bench/zstd_levels on the benchmark's realistic table): every step gives files no larger
+/// than the one before, and the default 6 is about the fastest setting whose files are no
+/// larger than property_table's (`term_to_binary(compressed: 6)`) at 1,000, 100,000 and
+/// 1,000,000 rows.
+///
+/// Small files get zstd's tables for small inputs, where only zstd 7 stays under
+/// property_table's size. For large files, zstd 5 (greedy) with a deeper search and matches
+/// of at least 6 bytes gives 0.98 of property_table's size in 60% of zstd 7's time: property
+/// names and term headers repeat in long runs, and short matches cost more to find than
+/// they save.
+const LEVELS: [Tuning; 10] = [
+    level(0),
+    level(1),
+    level(3),
+    level(5),
+    level(5),
+    large_tuned(
+        6,
+        LargeTuning {
+            zstd_level: 5,
+            search_log: 3,
+            min_match: 6,
+        },
+    ),
+    large_tuned(
+        7,
+        LargeTuning {
+            zstd_level: 5,
+            search_log: 4,
+            min_match: 6,
+        },
+    ),
+    level(9),
+    level(13),
+    level(17),
+];
+
+/// Input size (all chunks) from which the `large` overrides apply: zstd itself switches to
+/// its tables for large inputs above 256 KiB.
+const LARGE_INPUT_BYTES: u64 = 256 << 10;
 
 /// Largest zstd window (log2) a decoder accepts, so its context allocates at most 16 MiB
 /// whatever a file says. The writer's levels (zstd 1..19, no long mode) use at most 2^23.
@@ -43,37 +109,50 @@ fn zstd_error(code: usize) -> io::Error {
 /// Compresses the chunks of one file, in order.
 pub struct Compressor {
     stream: Option<CCtx<'static>>,
+    large: Option<LargeTuning>,
     started: bool,
 }
 
 impl Compressor {
     pub fn new(level: u8) -> io::Result<Self> {
-        let stream = match ZSTD_LEVELS.get(usize::from(level)) {
-            Some(0) | None => None,
-            Some(&zl) => {
-                let mut cctx = CCtx::try_create()
-                    .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
-                cctx.set_parameter(CParameter::CompressionLevel(zl))
-                    .map_err(zstd_error)?;
-                Some(cctx)
+        let tuning = match LEVELS.get(usize::from(level)) {
+            Some(t) if t.zstd_level > 0 => *t,
+            _ => {
+                return Ok(Compressor {
+                    stream: None,
+                    large: None,
+                    started: false,
+                })
             }
         };
+        let mut cctx =
+            CCtx::try_create().ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        cctx.set_parameter(CParameter::CompressionLevel(tuning.zstd_level))
+            .map_err(zstd_error)?;
         Ok(Compressor {
-            stream,
+            stream: Some(cctx),
+            large: tuning.large,
             started: false,
         })
     }
 
     /// Before the first chunk: the expected size of all chunks together, so that zstd sizes
     /// its window and tables for it (a stream of unknown size gets the tables of a huge
-    /// input, whose setup costs milliseconds for a small table).
+    /// input, whose setup costs milliseconds for a small table), and large files get their
+    /// own setting of the level.
     pub fn hint_total_size(&mut self, bytes: u64) {
         if let (Some(cctx), false) = (&mut self.stream, self.started) {
             let hint = u32::try_from(bytes)
                 .unwrap_or(u32::MAX)
                 .min(i32::MAX as u32);
-            // Only a hint: a level that refuses it just keeps zstd's defaults.
+            // Only hints: a setting zstd refuses leaves its defaults for the level, which
+            // compress the same data just as correctly.
             let _ = cctx.set_parameter(CParameter::SrcSizeHint(hint));
+            if let (Some(large), true) = (self.large, bytes >= LARGE_INPUT_BYTES) {
+                let _ = cctx.set_parameter(CParameter::CompressionLevel(large.zstd_level));
+                let _ = cctx.set_parameter(CParameter::SearchLog(large.search_log));
+                let _ = cctx.set_parameter(CParameter::MinMatch(large.min_match));
+            }
         }
     }
 
