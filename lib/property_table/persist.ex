@@ -459,6 +459,10 @@ defmodule PropertyTable.Persist do
     with {:ok, target, previous} <- prepare_target(table) do
       try do
         insert_chunks(target, reader, path, System.monotonic_time(), opts.safe)
+      catch
+        kind, reason ->
+          roll_back(target, previous)
+          :erlang.raise(kind, reason, __STACKTRACE__)
       else
         :ok ->
           :ok
@@ -543,12 +547,101 @@ defmodule PropertyTable.Persist do
     continuation |> :ets.select() |> copy_selected(to)
   end
 
+  # When the order of inserts cannot matter (a :set or :ordered_set that other processes
+  # may write), a helper process takes chunks from the same reader: one process decodes a
+  # chunk while the other inserts one, which keeps two cores busy.
   defp insert_chunks(table, reader, path, timestamp, safe?) do
-    each_chunk(reader, path, fn bin, rows ->
+    insert = fn bin, rows ->
       with {:ok, rows} <- decode_chunk(bin, rows, path, safe?, timestamp) do
         insert_rows(table, rows)
       end
-    end)
+    end
+
+    if inserts_commute?(table) do
+      caller = self()
+
+      # A helper whose caller died (killed mid-restore) stops instead of going on alone.
+      helper_insert = fn bin, rows ->
+        if Process.alive?(caller),
+          do: insert.(bin, rows),
+          else: {:error, error(:closed, path, :restore_from_disk)}
+      end
+
+      alongside(
+        fn -> each_chunk(reader, path, helper_insert) end,
+        fn -> each_chunk(reader, path, insert) end,
+        path
+      )
+    else
+      each_chunk(reader, path, insert)
+    end
+  end
+
+  defp inserts_commute?(table) do
+    :erlang.system_info(:schedulers_online) > 1 and
+      :ets.info(table, :type) in [:set, :ordered_set] and
+      :ets.info(table, :protection) == :public
+  end
+
+  # Runs `helper_work` in a new process while this one runs `work`. Returns `:ok` when both
+  # returned `:ok`, else the first error; raises what either raised. Returns only once the
+  # helper is gone (killed if `work` failed), with nothing left in the caller's mailbox.
+  defp alongside(helper_work, work, path) do
+    caller = self()
+    {helper, monitor} = spawn_monitor(fn -> send(caller, {self(), catching(helper_work)}) end)
+
+    result =
+      try do
+        work.()
+      catch
+        kind, reason ->
+          stop_helper(helper, monitor)
+          :erlang.raise(kind, reason, __STACKTRACE__)
+      end
+
+    if result == :ok do
+      await_helper(helper, monitor, path)
+    else
+      stop_helper(helper, monitor)
+      result
+    end
+  end
+
+  # The helper's result, once it has exited (its message arrives before its :DOWN). A
+  # helper killed from outside reports `:closed`.
+  defp await_helper(helper, monitor, path) do
+    receive do
+      {:DOWN, ^monitor, :process, ^helper, _reason} ->
+        receive do
+          {^helper, {:raised, kind, reason, stacktrace}} ->
+            :erlang.raise(kind, reason, stacktrace)
+
+          {^helper, result} ->
+            result
+        after
+          0 -> {:error, error(:closed, path, :restore_from_disk)}
+        end
+    end
+  end
+
+  defp stop_helper(helper, monitor) do
+    Process.exit(helper, :kill)
+
+    receive do
+      {:DOWN, ^monitor, :process, ^helper, _} -> :ok
+    end
+
+    receive do
+      {^helper, _} -> :ok
+    after
+      0 -> :ok
+    end
+  end
+
+  defp catching(fun) do
+    fun.()
+  catch
+    kind, reason -> {:raised, kind, reason, __STACKTRACE__}
   end
 
   # The table can be deleted by its owner while rows are going in.

@@ -42,6 +42,12 @@ defmodule PropertyTable.Persist.TestHelpers do
 
   def sort(pairs), do: Enum.sort(pairs)
 
+  @doc "Fails when the calling process has messages waiting (left by a helper process)."
+  def assert_mailbox_empty do
+    {:messages, messages} = Process.info(self(), :messages)
+    ExUnit.Assertions.assert(messages == [], "left in the mailbox: #{inspect(messages)}")
+  end
+
   @doc "Restores into a fresh reference table; returns `{result, sorted_pairs_or_nil}`."
   def restore_fresh(opts) do
     table = :ets.new(:ptp_restore_target, [:set, :public])

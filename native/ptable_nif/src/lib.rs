@@ -124,6 +124,8 @@ type ChunkResult = ptable_core::Result<Option<Chunk<ChunkBinary>>>;
 enum ReaderState {
     Ready(Box<TableFile>),
     Prefetching(Receiver<ChunkResult>),
+    /// Every chunk was handed out: later calls (from any process) get `:done`.
+    Done,
 }
 
 #[rustler::resource_impl]
@@ -358,8 +360,10 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
         },
         other => other,
     };
-    let Some(ReaderState::Prefetching(queue)) = guard.as_ref() else {
-        return closed_error(env);
+    let queue = match guard.as_ref() {
+        Some(ReaderState::Prefetching(queue)) => queue,
+        Some(ReaderState::Done) => return atoms::done().encode(env),
+        _ => return closed_error(env),
     };
     match queue.recv() {
         Ok(Ok(Some(chunk))) => {
@@ -370,7 +374,7 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
             (atoms::ok(), chunk.data.0.release(env), rows).encode(env)
         }
         Ok(Ok(None)) => {
-            *guard = None;
+            *guard = Some(ReaderState::Done);
             atoms::done().encode(env)
         }
         Ok(Err(e)) => {
