@@ -26,7 +26,17 @@ defmodule PropertyTable.Persist.Native do
   def persist_begin(_dir, _level, _chunk_rows, _expected_rows),
     do: :erlang.nif_error(:nif_not_loaded)
 
-  def persist_append(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
+  # Queues a chunk for the writer thread. The usual case (room in the queue) stays on the
+  # normal scheduler; only a full queue waits, on a dirty scheduler.
+  def persist_append(session, chunk, rows) do
+    case persist_append_nowait(session, chunk, rows) do
+      :full -> persist_append_wait(session, chunk, rows)
+      result -> result
+    end
+  end
+
+  def persist_append_nowait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_append_wait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
   def persist_commit(_session), do: :erlang.nif_error(:nif_not_loaded)
   def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)
   def persist_close(_session), do: :erlang.nif_error(:nif_not_loaded)

@@ -6,8 +6,9 @@
 //! what a decoder that has read all earlier frames needs to output that chunk. Later chunks
 //! reuse what the earlier ones taught the compressor (property names repeat across the
 //! table), which gives small files at fast levels and with small chunks. The price: frames
-//! decompress only in order. [`CODEC_ZSTD`] (one independent zstd frame per chunk) is still
-//! read.
+//! decompress only in order. Large files use [`CODEC_ZSTD_STREAMS2`]: two such streams, the
+//! even chunks in one and the odd chunks in the other, so that two threads compress at once.
+//! [`CODEC_ZSTD`] (one independent zstd frame per chunk) is still read.
 
 use std::io;
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
@@ -16,6 +17,12 @@ use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuf
 pub const CODEC_NONE: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
 pub const CODEC_ZSTD_STREAM: u8 = 2;
+/// Two zstd streams: frame `i` continues stream `i % 2`.
+pub const CODEC_ZSTD_STREAMS2: u8 = 3;
+
+/// Expected size of all chunks together from which a file is written with two streams
+/// ([`CODEC_ZSTD_STREAMS2`]): below it, a second thread costs more than it saves.
+pub const TWO_STREAMS_INPUT_BYTES: u64 = 1 << 20;
 
 /// How one user level compresses: a zstd level, and another setting for large files
 /// (see [`LARGE_INPUT_BYTES`]).
@@ -93,12 +100,12 @@ const LARGE_INPUT_BYTES: u64 = 256 << 10;
 /// whatever a file says. The writer's levels (zstd 1..19, no long mode) use at most 2^23.
 const WINDOW_LOG_MAX: u32 = 24;
 
-/// Returns the codec id for a user compression level, which must be 0..=9.
-pub fn codec_for_level(level: u8) -> u8 {
+/// Whether this version writes files at user level `level` (0..=9) with `codec`.
+pub fn writes_codec(level: u8, codec: u8) -> bool {
     if level == 0 {
-        CODEC_NONE
+        codec == CODEC_NONE
     } else {
-        CODEC_ZSTD_STREAM
+        codec == CODEC_ZSTD_STREAM || codec == CODEC_ZSTD_STREAMS2
     }
 }
 
@@ -202,8 +209,13 @@ pub struct Decompressor {
 enum DecoderKind {
     None,
     Frames(zstd::bulk::Decompressor<'static>),
-    /// The stream's context, and the last frame's output (see [`Decompressor::stage`]).
-    Stream(DCtx<'static>, Vec<u8>),
+    /// One context per stream, the last frame's output (see [`Decompressor::stage`]), and
+    /// the index of the next frame (which picks its stream).
+    Stream {
+        streams: Vec<DCtx<'static>>,
+        staged: Vec<u8>,
+        next: usize,
+    },
 }
 
 /// Output window of the size check: what it allocates, whatever a frame claims.
@@ -222,7 +234,14 @@ impl Decompressor {
         let kind = match codec {
             CODEC_NONE => DecoderKind::None,
             CODEC_ZSTD => DecoderKind::Frames(zstd::bulk::Decompressor::new().ok()?),
-            CODEC_ZSTD_STREAM => DecoderKind::Stream(limited_dctx()?, Vec::new()),
+            CODEC_ZSTD_STREAM | CODEC_ZSTD_STREAMS2 => {
+                let count = if codec == CODEC_ZSTD_STREAM { 1 } else { 2 };
+                DecoderKind::Stream {
+                    streams: (0..count).map(|_| limited_dctx()).collect::<Option<_>>()?,
+                    staged: Vec::new(),
+                    next: 0,
+                }
+            }
             _ => return None,
         };
         Some(Decompressor {
@@ -234,18 +253,26 @@ impl Decompressor {
     /// Whether every frame must go through [`decompresses_to`](Self::decompresses_to), in
     /// file order, before it is read.
     pub fn is_stream(&self) -> bool {
-        matches!(self.kind, DecoderKind::Stream(..))
+        matches!(self.kind, DecoderKind::Stream { .. })
     }
 
     /// Starts again at the first frame.
     pub fn reset(&mut self) {
-        if let DecoderKind::Stream(dctx, staged) = &mut self.kind {
+        if let DecoderKind::Stream {
+            streams,
+            staged,
+            next,
+        } = &mut self.kind
+        {
             staged.clear();
-            if dctx.reset(zstd_safe::ResetDirective::SessionOnly).is_err() {
-                // A context that cannot be reset is replaced; if that fails too, every
-                // frame after this fails to decode (an error, never wrong data).
-                if let Some(fresh) = limited_dctx() {
-                    *dctx = fresh;
+            *next = 0;
+            for dctx in streams {
+                if dctx.reset(zstd_safe::ResetDirective::SessionOnly).is_err() {
+                    // A context that cannot be reset is replaced; if that fails too, every
+                    // frame of its stream fails to decode (an error, never wrong data).
+                    if let Some(fresh) = limited_dctx() {
+                        *dctx = fresh;
+                    }
                 }
             }
         }
@@ -257,9 +284,19 @@ impl Decompressor {
     /// by [`decompress_exact`](Self::decompress_exact). Frames must be staged in file order
     /// from the first (or from a [`reset`](Self::reset)).
     fn stage(&mut self, stored: &[u8], raw_len: u64) -> bool {
-        let DecoderKind::Stream(dctx, out) = &mut self.kind else {
+        let DecoderKind::Stream {
+            streams,
+            staged: out,
+            next,
+        } = &mut self.kind
+        else {
             return false;
         };
+        let index = *next % streams.len().max(1);
+        let Some(dctx) = streams.get_mut(index) else {
+            return false;
+        };
+        *next += 1;
         out.clear();
         let mut input = InBuffer::around(stored);
         loop {
@@ -303,7 +340,7 @@ impl Decompressor {
             DecoderKind::Frames(z) => {
                 matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len())
             }
-            DecoderKind::Stream(_, staged) => {
+            DecoderKind::Stream { staged, .. } => {
                 if staged.len() != out.len() {
                     return false;
                 }
@@ -322,7 +359,7 @@ impl Decompressor {
     pub fn decompresses_to(&mut self, stored: &[u8], raw_len: u64) -> bool {
         match &self.kind {
             DecoderKind::None => return stored.len() as u64 == raw_len,
-            DecoderKind::Stream(..) => return self.stage(stored, raw_len),
+            DecoderKind::Stream { .. } => return self.stage(stored, raw_len),
             DecoderKind::Frames(_) => {}
         }
         let (dctx, window) = match &mut self.size_check {
@@ -402,7 +439,7 @@ mod tests {
         let raw = chunks();
         for level in 0..=9u8 {
             let mut c = Compressor::new(level).unwrap();
-            assert_eq!(c.codec(), codec_for_level(level));
+            assert!(writes_codec(level, c.codec()));
             let frames: Vec<(Vec<u8>, usize)> = raw
                 .iter()
                 .map(|r| {

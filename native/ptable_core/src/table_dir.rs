@@ -14,7 +14,7 @@
 //! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
 //! looks at them in that order.
 
-use crate::codec::codec_for_level;
+use crate::codec::writes_codec;
 use crate::error::{Error, Reason, Result};
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{Chunk, FileHeader, TableFile};
@@ -238,7 +238,7 @@ enum Mode {
         stable: Box<TableFile>,
         matched: u64,
     },
-    Writing(ChunkWriter),
+    Writing(Box<ChunkWriter>),
 }
 
 /// One persist: holds the directory lock from `begin` until dropped, streams chunks into the
@@ -257,6 +257,8 @@ pub struct PersistSession {
     digest: Xxh3,
     committed: bool,
     expected_rows: u64,
+    /// Overrides the writer's choice of two streams (tests).
+    two_streams: Option<bool>,
     // Dropped last: everything above happens under the lock.
     _lock: Box<dyn LockGuard>,
 }
@@ -273,7 +275,7 @@ impl PersistSession {
                 matched: 0,
             },
             None => match ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp) {
-                Ok(writer) => Mode::Writing(writer),
+                Ok(writer) => Mode::Writing(Box::new(writer)),
                 Err(e) => {
                     // The tmp file may exist with part of its placeholder header.
                     remove_if_present(fs.as_ref(), &dir.tmp());
@@ -290,12 +292,21 @@ impl PersistSession {
             digest: Xxh3::new(),
             committed: false,
             expected_rows: 0,
+            two_streams: None,
             _lock: lock,
         })
     }
 
     pub fn dir(&self) -> &TableDir {
         &self.dir
+    }
+
+    /// See [`ChunkWriter::allow_two_streams`].
+    pub fn allow_two_streams(&mut self, allow: bool) {
+        self.two_streams = Some(allow);
+        if let Some(Mode::Writing(writer)) = &mut self.mode {
+            writer.allow_two_streams(allow);
+        }
     }
 
     /// How many rows the table has (a hint for the compressor; 0 when unknown).
@@ -353,6 +364,9 @@ impl PersistSession {
             let mut writer =
                 ChunkWriter::create(self.fs.as_ref(), &self.dir.tmp(), self.options, self.stamp)?;
             writer.expect_rows(self.expected_rows);
+            if let Some(allow) = self.two_streams {
+                writer.allow_two_streams(allow);
+            }
             stable.rewind()?;
             for _ in 0..matched {
                 // Compressed again, not copied: a frame of a zstd stream holds only what the
@@ -365,7 +379,7 @@ impl PersistSession {
                     _ => return Err(Error::new(Reason::BadFile, stable.path())),
                 }
             }
-            self.mode = Some(Mode::Writing(writer));
+            self.mode = Some(Mode::Writing(Box::new(writer)));
         }
         match self.mode.as_mut() {
             Some(Mode::Writing(writer)) => Ok(writer),
@@ -452,7 +466,7 @@ fn comparable_stable(fs: &dyn Fs, dir: &TableDir, options: WriteOptions) -> Opti
         FileHeader::Current(h)
             if h.level == options.level
                 && h.chunk_rows == options.chunk_rows
-                && h.codec == codec_for_level(options.level) =>
+                && writes_codec(options.level, h.codec) =>
         {
             Some(file)
         }

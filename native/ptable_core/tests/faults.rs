@@ -636,3 +636,16 @@ fn a_failed_append_ends_the_session() {
     println!("faults injected into appends: {injected}");
     assert!(injected >= 5);
 }
+
+#[test]
+fn scenario_persists_write_two_stream_files() {
+    // The scenarios announce a large table, so the states and faults above cover the
+    // two-stream writer (odd chunks compressed on a second thread).
+    let fs = fresh();
+    persist(&fs, &version(5)).expect("persist");
+    let file = ptable_core::TableFile::open(&fs, &table().stable()).expect("stable file");
+    let ptable_core::FileHeader::Current(h) = *file.header() else {
+        panic!("not v2")
+    };
+    assert_eq!(h.codec, ptable_core::codec::CODEC_ZSTD_STREAMS2);
+}

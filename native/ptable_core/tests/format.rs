@@ -132,3 +132,50 @@ fn garbage_and_empty_files_are_bad_files() {
         Reason::BadFile
     );
 }
+
+#[test]
+fn large_files_are_written_with_two_streams_and_small_ones_with_one() {
+    use ptable_core::codec::{CODEC_NONE, CODEC_ZSTD_STREAM, CODEC_ZSTD_STREAMS2};
+    let fs = std_fs();
+    for (level, count, size, codec) in [
+        (6u8, 3usize, 2_000_000usize, CODEC_ZSTD_STREAMS2),
+        (1, 4, 400_000, CODEC_ZSTD_STREAMS2),
+        (6, 37, 5000, CODEC_ZSTD_STREAM),
+        (0, 3, 2_000_000, CODEC_NONE),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TableDir::new(tmp.path().join("t"));
+        let data = chunks(count, size, 3);
+        persist(&fs, &dir, &data, level);
+        let mut file = TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
+        let FileHeader::Current(h) = *file.header() else {
+            panic!("not v2")
+        };
+        assert_eq!(h.codec, codec, "level {level} count {count} size {size}");
+        file.verify(true).unwrap();
+        assert_eq!(read_all(&mut file).unwrap(), data);
+    }
+}
+
+#[test]
+fn two_streams_can_be_refused() {
+    use ptable_core::codec::CODEC_ZSTD_STREAM;
+    use ptable_core::PersistSession;
+    let fs = std_fs();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let data = chunks(3, 2_000_000, 5);
+    let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(6)).unwrap();
+    session.expect_rows(30);
+    session.allow_two_streams(false);
+    for c in &data {
+        session.append(c, 10).unwrap();
+    }
+    session.commit().unwrap();
+    let mut file = TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
+    let FileHeader::Current(h) = *file.header() else {
+        panic!("not v2")
+    };
+    assert_eq!(h.codec, CODEC_ZSTD_STREAM);
+    assert_eq!(read_all(&mut file).unwrap(), data);
+}

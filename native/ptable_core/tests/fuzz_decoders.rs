@@ -395,6 +395,12 @@ struct Seed {
 }
 
 fn write_v2(chunks: &[Vec<u8>], level: u8) -> Vec<u8> {
+    write_v2_expecting(chunks, level, 0)
+}
+
+/// `expect_rows`: the row count announced before the first chunk; a large one makes even
+/// small chunks go into a two-stream file.
+fn write_v2_expecting(chunks: &[Vec<u8>], level: u8, expect_rows: u64) -> Vec<u8> {
     let fs = MemFs::new();
     let path = Path::new("/seed");
     let options = WriteOptions {
@@ -406,6 +412,8 @@ fn write_v2(chunks: &[Vec<u8>], level: u8) -> Vec<u8> {
         created_unix_us: CREATED,
     };
     let mut w = ChunkWriter::create(&fs, path, options, stamp).expect("create seed");
+    w.expect_rows(expect_rows);
+    w.allow_two_streams(true);
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
     for c in chunks {
         digest.update(c);
@@ -440,14 +448,15 @@ fn etf_like(rng: &mut Rng, rows: usize) -> Vec<u8> {
 fn corpus() -> Vec<Seed> {
     let mut rng = Rng::new(0x5EED);
     let mut seeds = Vec::new();
-    let mut v2 = |name: &str, chunks: Vec<Vec<u8>>, level: u8| {
-        let bytes = write_v2(&chunks, level);
+    let mut v2_expecting = |name: &str, chunks: Vec<Vec<u8>>, level: u8, expect_rows: u64| {
+        let bytes = write_v2_expecting(&chunks, level, expect_rows);
         seeds.push(Seed {
             name: name.to_string(),
             bytes,
             chunks,
         });
     };
+    let mut v2 = |name: &str, chunks: Vec<Vec<u8>>, level: u8| v2_expecting(name, chunks, level, 0);
     v2("v2-empty-l0", vec![], 0);
     v2("v2-empty-l6", vec![], 6);
     v2("v2-1chunk-l0", vec![etf_like(&mut rng, 4)], 0);
@@ -480,6 +489,12 @@ fn corpus() -> Vec<Seed> {
     );
     v2("v2-random-4k-l6", vec![rng.bytes(4096)], 6);
     v2("v2-big-l7", vec![etf_like(&mut rng, 400)], 7);
+    v2_expecting(
+        "v2-two-streams-5chunks-l6",
+        (0..5).map(|_| etf_like(&mut rng, 12)).collect(),
+        6,
+        10_000_000,
+    );
     let mut legacy = |name: &str, payload: Vec<u8>| {
         seeds.push(Seed {
             name: name.to_string(),
@@ -541,10 +556,14 @@ fn reference_v2(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
     let payload_len = le64(bytes, 52)?;
     let digest = &bytes[60..76];
     let start = crc_at + 4;
-    if codec > 2 || level > 9 || (start as u64).checked_add(payload_len)? != bytes.len() as u64 {
+    if codec > 3 || level > 9 || (start as u64).checked_add(payload_len)? != bytes.len() as u64 {
         return None;
     }
-    let mut stream = if codec == 2 { Some(ref_dctx()?) } else { None };
+    // Codec 2: one zstd stream; codec 3: two, frame i continuing stream i % 2.
+    let mut streams = Vec::new();
+    for _ in 0..stream_count(codec) {
+        streams.push(ref_dctx()?);
+    }
     let mut at = start;
     let mut rows = 0u64;
     let mut chunks = Vec::new();
@@ -571,8 +590,9 @@ fn reference_v2(bytes: &[u8]) -> Option<Vec<Vec<u8>>> {
         }
         let raw = if codec == 0 {
             stored.to_vec()
-        } else if let Some(dctx) = &mut stream {
-            ref_stream_frame(dctx, stored, raw_len)?
+        } else if !streams.is_empty() {
+            let n = streams.len() as u64;
+            ref_stream_frame(&mut streams[(index % n) as usize], stored, raw_len)?
         } else {
             let mut out = vec![0u8; raw_len as usize];
             let n = zstd::bulk::Decompressor::new()
@@ -686,8 +706,10 @@ impl V2Model {
     /// Codec 2: decodes the frames in order and makes each describe what it really holds
     /// (frames from the first that fails on carry no raw data).
     fn rederive_stream(&mut self) {
-        let mut dctx = ref_dctx();
-        for f in &mut self.frames {
+        let n = stream_count(self.codec()).max(1);
+        let mut dctxs: Vec<_> = (0..n).map(|_| ref_dctx()).collect();
+        for (i, f) in self.frames.iter_mut().enumerate() {
+            let dctx = &mut dctxs[i % n];
             f.stored_len = f.stored.len() as u64;
             match dctx
                 .as_mut()
@@ -699,7 +721,7 @@ impl V2Model {
                     f.raw = Some(raw);
                 }
                 None => {
-                    dctx = None;
+                    *dctx = None;
                     f.raw = None;
                 }
             }
@@ -765,8 +787,16 @@ impl V2Model {
     }
 }
 
-/// A decoder for codec 2 (one zstd stream through all frames), with the window limit the
-/// core uses.
+/// How many zstd streams run through the frames of a file of `codec`.
+fn stream_count(codec: u8) -> usize {
+    match codec {
+        2 => 1,
+        3 => 2,
+        _ => 0,
+    }
+}
+
+/// A decoder for one zstd stream of codec 2 or 3, with the window limit the core uses.
 fn ref_dctx() -> Option<zstd::zstd_safe::DCtx<'static>> {
     let mut d = zstd::zstd_safe::DCtx::try_create()?;
     d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(24))
@@ -948,7 +978,7 @@ fn mutate_v2(rng: &mut Rng, seed: &Seed, seeds: &[Seed]) -> Option<(Vec<u8>, boo
                     mutate_bytes_in(rng, &mut f.stored);
                 }
                 if rng.chance(80) {
-                    if codec == 2 {
+                    if stream_count(codec) > 0 {
                         m.rederive_stream();
                     } else {
                         make_honest(codec, f);

@@ -8,7 +8,7 @@ use ptable_core::{
 };
 use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -19,6 +19,7 @@ mod atoms {
         done,
         nil,
         closed,
+        full,
     }
 }
 
@@ -43,24 +44,36 @@ enum SessionState {
     Closed,
 }
 
+/// Largest chunk `persist_append_nowait` copies on a normal scheduler (a copy well under 1 ms).
+const INLINE_APPEND_MAX: usize = 1 << 20;
+
 impl SessionState {
-    /// Hands a chunk to the writer thread, starting it on the first chunk.
-    fn append(&mut self, raw: &[u8], rows: u64) -> ptable_core::Result<()> {
+    /// Hands a chunk to the writer thread, starting it on the first chunk. With `wait`,
+    /// blocks while the queue is full; without, returns `Ok(false)` instead.
+    fn append(&mut self, raw: &[u8], rows: u64, wait: bool) -> ptable_core::Result<bool> {
         // On an error the state stays `Closed`.
         *self = match std::mem::replace(self, SessionState::Closed) {
             SessionState::Idle(session) => start_writer(session)?,
             other => other,
         };
-        match self {
-            SessionState::Streaming { chunks, .. } => {
-                if chunks.send((raw.to_vec(), rows)).is_ok() {
-                    return Ok(());
-                }
-                // The writer stopped at a failure: report it.
-                self.drain().map(|_| ())
+        let SessionState::Streaming { chunks, .. } = self else {
+            return Err(Error::without_path(Reason::Closed));
+        };
+        let item = (raw.to_vec(), rows);
+        let stopped = if wait {
+            chunks.send(item).is_err()
+        } else {
+            match chunks.try_send(item) {
+                Ok(()) => false,
+                Err(TrySendError::Full(_)) => return Ok(false),
+                Err(TrySendError::Disconnected(_)) => true,
             }
-            _ => Err(Error::without_path(Reason::Closed)),
+        };
+        if stopped {
+            // The writer stopped at a failure: report it.
+            self.drain()?;
         }
+        Ok(true)
     }
 
     /// Waits for the writer thread to finish the queued chunks and returns the session, or
@@ -249,17 +262,43 @@ fn with_session<'a>(
 }
 
 /// Queues one chunk (the external term format of `rows` rows) for the writer thread, which
-/// compresses and appends it. Waits while `QUEUED_CHUNKS` chunks are already queued.
-#[rustler::nif(schedule = "DirtyIo")]
-fn persist_append<'a>(
+/// compresses and appends it, if there is room right away: `:ok`, or `:full` (also for a
+/// chunk too large to copy quickly), after which the caller uses `persist_append_wait`.
+/// Runs on a normal scheduler: a dirty call per chunk would cost two thread switches, and
+/// on a small machine a third runnable thread beside the caller and the writer.
+#[rustler::nif]
+fn persist_append_nowait<'a>(
     env: Env<'a>,
     session: ResourceArc<SessionResource>,
     chunk: Binary,
     rows: u64,
 ) -> Term<'a> {
-    let result = lock_state(&session).append(chunk.as_slice(), rows);
+    if chunk.len() > INLINE_APPEND_MAX {
+        return atoms::full().encode(env);
+    }
+    // Never wait for the lock here (only a call from another process could hold it).
+    let Ok(mut state) = session.0.try_lock() else {
+        return atoms::full().encode(env);
+    };
+    append_result(env, state.append(chunk.as_slice(), rows, false))
+}
+
+/// Queues one chunk, waiting while `QUEUED_CHUNKS` chunks are already queued.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_append_wait<'a>(
+    env: Env<'a>,
+    session: ResourceArc<SessionResource>,
+    chunk: Binary,
+    rows: u64,
+) -> Term<'a> {
+    let result = lock_state(&session).append(chunk.as_slice(), rows, true);
+    append_result(env, result)
+}
+
+fn append_result<'a>(env: Env<'a>, result: ptable_core::Result<bool>) -> Term<'a> {
     match result {
-        Ok(()) => atoms::ok().encode(env),
+        Ok(true) => atoms::ok().encode(env),
+        Ok(false) => atoms::full().encode(env),
         Err(e) if e.reason == Reason::Closed => closed_error(env),
         Err(e) => error_term(env, &e),
     }

@@ -76,6 +76,10 @@ pub fn property_like_chunks(count: usize, rows: usize) -> Vec<Vec<u8>> {
 /// Persists `chunks` (10 rows each) into `dir`.
 pub fn persist(fs: &Arc<dyn Fs>, dir: &TableDir, chunks: &[Vec<u8>], level: u8) {
     let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(level)).unwrap();
+    // As the NIF does: the table's size is known up front (large files get two streams).
+    session.expect_rows(10 * chunks.len() as u64);
+    // Whatever this machine's cores: large files get two streams, so tests cover them.
+    session.allow_two_streams(true);
     for c in chunks {
         session.append(c, 10).unwrap();
     }

@@ -47,12 +47,20 @@ pub fn restore_outcome(fs: &dyn Fs) -> Outcome {
     super::restore(fs, &table()).map(|(chunks, _)| chunks)
 }
 
+/// Rows each scenario's persist announces (its chunks are small, the hint large).
+pub const CLAIMED_ROWS: u64 = 100_000;
+
 /// begin, append every chunk, commit; the session stays open (and locked) for a snapshot.
 pub fn persist_session(
     fs: &SimFs,
     data: &Version,
 ) -> ptable_core::Result<(PersistSession, CommitOutcome)> {
     let mut session = PersistSession::begin(arc(fs), table(), options(3))?;
+    // Claims a large table and allows two streams (as on a machine with 3+ cores), so that
+    // these small files are written as large ones are there: with two zstd streams, the odd
+    // chunks compressed on a second thread.
+    session.expect_rows(CLAIMED_ROWS);
+    session.allow_two_streams(true);
     for c in data {
         session.append(c, 10)?;
     }
