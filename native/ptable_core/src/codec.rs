@@ -20,6 +20,22 @@ pub const CODEC_ZSTD_STREAM: u8 = 2;
 /// Two zstd streams: frame `i` continues stream `i % 2`.
 pub const CODEC_ZSTD_STREAMS2: u8 = 3;
 
+/// A zstd block header of an empty raw block marked last: appended to a stream flushed at a
+/// block boundary, it ends the zstd frame (frames written here carry no checksum), after
+/// which a new zstd frame may follow in the same stream (RFC 8878, 3.1.1.2).
+pub const ZSTD_END_OF_FRAME: [u8; 3] = [0x01, 0x00, 0x00];
+
+/// Whether `stored`, the first frame of a codec 2 file, starts a zstd frame without a
+/// content checksum, so that the frame can be ended by [`ZSTD_END_OF_FRAME`].
+pub fn starts_unchecksummed_zstd_frame(stored: &[u8]) -> bool {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    const CONTENT_CHECKSUM_FLAG: u8 = 1 << 2;
+    stored.get(..4) == Some(&MAGIC)
+        && stored
+            .get(4)
+            .is_some_and(|d| d & CONTENT_CHECKSUM_FLAG == 0)
+}
+
 /// Expected size of all chunks together from which a file is written with two streams
 /// ([`CODEC_ZSTD_STREAMS2`]): below it, a second thread costs more than it saves.
 pub const TWO_STREAMS_INPUT_BYTES: u64 = 1 << 20;

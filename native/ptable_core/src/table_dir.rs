@@ -14,7 +14,7 @@
 //! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
 //! looks at them in that order.
 
-use crate::codec::writes_codec;
+use crate::codec::{starts_unchecksummed_zstd_frame, writes_codec, CODEC_ZSTD_STREAM};
 use crate::error::{Error, Reason, Result};
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{Chunk, FileHeader, TableFile};
@@ -246,8 +246,8 @@ enum Mode {
 ///
 /// While the chunks match the stable file's (same length, rows and XXH3-64, read and
 /// CRC-checked frame by frame), nothing is written. At the first difference the tmp file is
-/// started with the matched chunks read back from the stable file (decompressed, checked
-/// and compressed again into the new file).
+/// started with the matched chunks taken from the stable file: its frames copied (a
+/// one-stream zstd file), or decompressed, checked and compressed again.
 pub struct PersistSession {
     fs: Arc<dyn Fs>,
     dir: TableDir,
@@ -353,8 +353,9 @@ impl PersistSession {
         }
     }
 
-    /// Leaves comparing mode: starts the tmp file with the chunks matched so far, read back
-    /// (and checked again) from the stable file.
+    /// Leaves comparing mode: starts the tmp file with the chunks matched so far, taken from
+    /// the stable file (CRC-checked again on the way): its frames copied as they are when it
+    /// is a one-stream zstd file, else decompressed, checked and compressed again.
     fn start_writing(&mut self) -> Result<&mut ChunkWriter> {
         if let Some(Mode::Comparing {
             mut stable,
@@ -368,15 +369,24 @@ impl PersistSession {
                 writer.allow_two_streams(allow);
             }
             stable.rewind()?;
-            for _ in 0..matched {
-                // Compressed again, not copied: a frame of a zstd stream holds only what the
-                // stream had not seen yet, so the new stream must see the chunks themselves.
-                match stable.next_chunk(|len| Some(vec![0u8; len]))? {
-                    Some(Chunk {
-                        data,
-                        rows: Some(rows),
-                    }) => writer.append(&data, rows)?,
-                    _ => return Err(Error::new(Reason::BadFile, stable.path())),
+            if matched > 0 && copyable_frames(&mut stable, &writer)? {
+                for _ in 0..matched {
+                    match stable.next_stored_frame()? {
+                        Some((fh, stored)) => writer.append_copied(&fh, stored)?,
+                        None => return Err(Error::new(Reason::BadFile, stable.path())),
+                    }
+                }
+            } else {
+                for _ in 0..matched {
+                    // Compressed again: a frame of a zstd stream holds only what the stream
+                    // had not seen yet, so the new stream must see the chunks themselves.
+                    match stable.next_chunk(|len| Some(vec![0u8; len]))? {
+                        Some(Chunk {
+                            data,
+                            rows: Some(rows),
+                        }) => writer.append(&data, rows)?,
+                        _ => return Err(Error::new(Reason::BadFile, stable.path())),
+                    }
                 }
             }
             self.mode = Some(Mode::Writing(Box::new(writer)));
@@ -456,6 +466,23 @@ impl Drop for PersistSession {
     fn drop(&mut self) {
         self.abort();
     }
+}
+
+/// Whether the frames of `stable` (rewound) can be copied into `writer`: a one-stream zstd
+/// file whose stream starts with a zstd frame that [`crate::codec::ZSTD_END_OF_FRAME`] can end. Leaves
+/// `stable` rewound.
+fn copyable_frames(stable: &mut TableFile, writer: &ChunkWriter) -> Result<bool> {
+    let one_stream =
+        matches!(stable.header(), FileHeader::Current(h) if h.codec == CODEC_ZSTD_STREAM);
+    if !one_stream || !writer.can_copy_frames() {
+        return Ok(false);
+    }
+    let copyable = match stable.next_stored_frame()? {
+        Some((_, stored)) => starts_unchecksummed_zstd_frame(stored),
+        None => false,
+    };
+    stable.rewind()?;
+    Ok(copyable)
 }
 
 /// The stable file, if it is a version 2 file written with the same options, so that an

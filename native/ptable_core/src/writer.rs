@@ -2,7 +2,10 @@
 //! (which needs the totals) is written last, over a zeroed placeholder, then the file is
 //! fsynced. A file whose header was never written has no magic and never verifies.
 
-use crate::codec::{Compressor, CODEC_NONE, CODEC_ZSTD_STREAMS2, TWO_STREAMS_INPUT_BYTES};
+use crate::codec::{
+    Compressor, CODEC_NONE, CODEC_ZSTD_STREAM, CODEC_ZSTD_STREAMS2, TWO_STREAMS_INPUT_BYTES,
+    ZSTD_END_OF_FRAME,
+};
 use crate::error::{Error, Reason, Result};
 use crate::format::{FrameHeader, HeaderV2, FRAME_HEADER_LEN, HEADER_AREA_LEN};
 use crate::fs::{Fs, WriteFile};
@@ -58,6 +61,10 @@ pub struct ChunkWriter {
     expected_rows: u64,
     appended: u64,
     two_streams: bool,
+    /// Frames copied from another file and nothing compressed yet; the first compressed
+    /// frame must end the copied zstd frame and start a new one.
+    after_copies: bool,
+    planned: bool,
 }
 
 /// Whether a second compression thread can run beside the writer and the caller (which
@@ -173,6 +180,8 @@ impl ChunkWriter {
             expected_rows: 0,
             appended: 0,
             two_streams: two_streams_help(),
+            after_copies: false,
+            planned: false,
         })
     }
 
@@ -200,7 +209,8 @@ impl ChunkWriter {
     /// Compresses `raw` (the encoding of `rows` rows) and appends it as one frame (in a
     /// two-stream file, an odd chunk's frame is written with the next chunk or at `finish`).
     pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
-        if self.appended == 0 {
+        if !self.planned {
+            self.planned = true;
             self.plan_streams(raw.len() as u64, rows);
         }
         let meta = ChunkMeta {
@@ -216,6 +226,10 @@ impl ChunkWriter {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         frame.resize(FRAME_HEADER_LEN, 0);
+        if self.after_copies {
+            self.after_copies = false;
+            frame.extend_from_slice(&ZSTD_END_OF_FRAME);
+        }
         let result = self
             .compressor
             .compress_into(raw, &mut frame)
@@ -223,6 +237,41 @@ impl ChunkWriter {
             .and_then(|()| self.write_odd_frame())
             .and_then(|()| self.write_frame(&mut frame, meta));
         // Keep a huge chunk's buffer from pinning memory for the rest of the file.
+        if frame.capacity() <= 8 << 20 {
+            self.frame = frame;
+        }
+        result
+    }
+
+    /// Whether [`append_copied`](Self::append_copied) can start this file: a one-stream zstd
+    /// file (no second stream yet) with nothing appended.
+    pub fn can_copy_frames(&self) -> bool {
+        self.appended == 0 && self.odd.is_none() && self.header.codec == CODEC_ZSTD_STREAM
+    }
+
+    /// Appends a frame of a one-stream zstd file written at the same level, as it is: the
+    /// leading frames of the stable file that a changed table still has. Only before any
+    /// compressed chunk (see [`can_copy_frames`](Self::can_copy_frames)). The copied frames
+    /// are a prefix of that file's zstd stream: the next compressed frame first ends the
+    /// zstd frame they are part of, then starts a new one from its own compressor, whose
+    /// history begins there. The file then stays one stream.
+    pub fn append_copied(&mut self, fh: &FrameHeader, stored: &[u8]) -> Result<()> {
+        if !(self.can_copy_frames() || self.after_copies) {
+            return Err(Error::without_path(Reason::Closed));
+        }
+        self.two_streams = false;
+        self.after_copies = true;
+        self.appended += 1;
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        frame.resize(FRAME_HEADER_LEN, 0);
+        frame.extend_from_slice(stored);
+        let meta = ChunkMeta {
+            raw_len: fh.raw_len,
+            rows: fh.row_count,
+            raw_hash: fh.raw_hash,
+        };
+        let result = self.write_frame(&mut frame, meta);
         if frame.capacity() <= 8 << 20 {
             self.frame = frame;
         }

@@ -649,3 +649,21 @@ fn scenario_persists_write_two_stream_files() {
     };
     assert_eq!(h.codec, ptable_core::codec::CODEC_ZSTD_STREAMS2);
 }
+
+#[test]
+fn the_sharing_scenario_copies_the_stable_files_frames() {
+    // The start states' stable files are one-stream files, so the persist sharing two chunks
+    // with it copies their frames: the scenarios above cover that path too.
+    let fs = SimFs::from_state(start_full().state.clone());
+    drop(persist(&fs, &version_sharing_prefix(3, 2)).expect("persist"));
+    let mut file = ptable_core::TableFile::open(&fs, &table().stable()).expect("stable file");
+    let ptable_core::FileHeader::Current(h) = *file.header() else {
+        panic!("not v2")
+    };
+    assert_eq!(h.codec, ptable_core::codec::CODEC_ZSTD_STREAM);
+    for _ in 0..2 {
+        file.next_stored_frame().expect("frame").expect("frame");
+    }
+    let (_, stored) = file.next_stored_frame().expect("frame").expect("frame");
+    assert_eq!(&stored[..3], &ptable_core::codec::ZSTD_END_OF_FRAME);
+}

@@ -425,6 +425,39 @@ fn write_v2_expecting(chunks: &[Vec<u8>], level: u8, expect_rows: u64) -> Vec<u8
     fs.get("/seed").expect("seed written")
 }
 
+/// A file whose first `copied` frames are copied from a file of `old` chunks and whose
+/// other chunks (`new`) are compressed after them: its zstd stream ends a zstd frame and
+/// starts another inside a frame, as a persist of a changed table writes.
+fn write_v2_with_copies(old: &[Vec<u8>], copied: usize, new: &[Vec<u8>], level: u8) -> Vec<u8> {
+    let fs = MemFs::new();
+    fs.put("/old", write_v2(old, level));
+    let mut source = ptable_core::TableFile::open(&fs, Path::new("/old")).expect("old seed");
+    let options = WriteOptions {
+        level,
+        chunk_rows: 100,
+    };
+    let stamp = Stamp {
+        sequence: 4,
+        created_unix_us: CREATED,
+    };
+    let mut w = ChunkWriter::create(&fs, Path::new("/seed"), options, stamp).expect("create");
+    let mut digest = xxhash_rust::xxh3::Xxh3::new();
+    for chunk in &old[..copied] {
+        let (fh, stored) = source
+            .next_stored_frame()
+            .expect("old frame")
+            .expect("old frame");
+        w.append_copied(&fh, stored).expect("copy frame");
+        digest.update(chunk);
+    }
+    for c in new {
+        digest.update(c);
+        w.append(c, (c.len() / 10) as u64).expect("append");
+    }
+    w.finish(digest.digest128().to_le_bytes()).expect("finish");
+    fs.get("/seed").expect("seed written")
+}
+
 /// Bytes that look like a chunk of encoded rows (ETF list of pairs), compressible.
 fn etf_like(rng: &mut Rng, rows: usize) -> Vec<u8> {
     let words = ["net", "wlan0", "eth0", "ipv4", "address", "state", "sensor"];
@@ -495,6 +528,14 @@ fn corpus() -> Vec<Seed> {
         6,
         10_000_000,
     );
+    let old: Vec<Vec<u8>> = (0..3).map(|_| etf_like(&mut rng, 10)).collect();
+    let new: Vec<Vec<u8>> = (0..2).map(|_| etf_like(&mut rng, 10)).collect();
+    let chunks: Vec<Vec<u8>> = old[..2].iter().chain(&new).cloned().collect();
+    seeds.push(Seed {
+        name: "v2-copied-then-restarted-l6".to_string(),
+        bytes: write_v2_with_copies(&old, 2, &new, 6),
+        chunks,
+    });
     let mut legacy = |name: &str, payload: Vec<u8>| {
         seeds.push(Seed {
             name: name.to_string(),

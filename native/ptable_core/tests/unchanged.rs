@@ -90,3 +90,64 @@ fn a_rotted_stable_file_is_never_kept_because_the_table_looks_unchanged() {
         assert_eq!(read_file(&dir.stable()).unwrap(), data);
     }
 }
+
+/// Byte ranges of each frame (header and stored bytes) of a version 2 file.
+fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    let mut spans = Vec::new();
+    let mut at = 80;
+    while at + 36 <= bytes.len() {
+        let stored = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
+        spans.push(at..at + 36 + stored);
+        at += 36 + stored;
+    }
+    spans
+}
+
+#[test]
+fn a_changed_table_copies_the_frames_before_its_first_change() {
+    use ptable_core::codec::ZSTD_END_OF_FRAME;
+    let first = property_like_chunks(20, 60);
+    let (_tmp, dir, fs) = setup(&first);
+    let mut table = first.clone();
+    // Three persists, each changing a later chunk: the third copies across the restart the
+    // second one made.
+    for (changed, seed) in [(9usize, 1u8), (14, 2), (3, 3)] {
+        let before = std::fs::read(dir.stable()).unwrap();
+        table[changed].push(seed);
+        assert_eq!(
+            persist_outcome(&fs, &dir, &table, 6),
+            CommitOutcome::Written
+        );
+        let after = std::fs::read(dir.stable()).unwrap();
+        let (old, new) = (frame_spans(&before), frame_spans(&after));
+        assert_eq!(new.len(), table.len());
+        for i in 0..changed {
+            assert_eq!(before[old[i].clone()], after[new[i].clone()], "frame {i}");
+        }
+        let restart = &after[new[changed].start + 36..];
+        assert_eq!(&restart[..3], &ZSTD_END_OF_FRAME, "frame {changed}");
+        assert_eq!(&restart[3..7], &[0x28, 0xB5, 0x2F, 0xFD]);
+        let mut file = ptable_core::TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
+        file.verify(true).unwrap();
+        assert_eq!(
+            read_all(&mut file).unwrap(),
+            table,
+            "after changing {changed}"
+        );
+        let (restored, _) = restore(fs.as_ref(), &dir).unwrap();
+        assert_eq!(restored, table);
+    }
+}
+
+#[test]
+fn a_table_that_lost_its_last_chunks_copies_the_rest() {
+    let first = property_like_chunks(8, 60);
+    let (_tmp, dir, fs) = setup(&first);
+    let shorter = first[..5].to_vec();
+    assert_eq!(
+        persist_outcome(&fs, &dir, &shorter, 6),
+        CommitOutcome::Written
+    );
+    let (restored, _) = restore(fs.as_ref(), &dir).unwrap();
+    assert_eq!(restored, shorter);
+}

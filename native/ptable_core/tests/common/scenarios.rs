@@ -51,16 +51,27 @@ pub fn restore_outcome(fs: &dyn Fs) -> Outcome {
 pub const CLAIMED_ROWS: u64 = 100_000;
 
 /// begin, append every chunk, commit; the session stays open (and locked) for a snapshot.
+///
+/// Claims a large table and allows two streams (as on a machine with 3+ cores), so that
+/// these small files are written as large ones are there: with two zstd streams, the odd
+/// chunks compressed on a second thread. A persist whose table shares leading chunks with
+/// the one-stream stable file of the start states copies those frames instead (and stays
+/// one stream), so the scenarios cover both.
 pub fn persist_session(
     fs: &SimFs,
     data: &Version,
 ) -> ptable_core::Result<(PersistSession, CommitOutcome)> {
+    persist_with(fs, data, true)
+}
+
+fn persist_with(
+    fs: &SimFs,
+    data: &Version,
+    two_streams: bool,
+) -> ptable_core::Result<(PersistSession, CommitOutcome)> {
     let mut session = PersistSession::begin(arc(fs), table(), options(3))?;
-    // Claims a large table and allows two streams (as on a machine with 3+ cores), so that
-    // these small files are written as large ones are there: with two zstd streams, the odd
-    // chunks compressed on a second thread.
     session.expect_rows(CLAIMED_ROWS);
-    session.allow_two_streams(true);
+    session.allow_two_streams(two_streams);
     for c in data {
         session.append(c, 10)?;
     }
@@ -70,6 +81,12 @@ pub fn persist_session(
 
 pub fn persist(fs: &SimFs, data: &Version) -> ptable_core::Result<PersistSession> {
     persist_session(fs, data).map(|(session, _)| session)
+}
+
+/// The persists that build the start states: one-stream files, whose frames a later persist
+/// can copy.
+fn persist_start(fs: &SimFs, data: &Version) -> ptable_core::Result<PersistSession> {
+    persist_with(fs, data, false).map(|(session, _)| session)
 }
 
 /// A filesystem with `/data` durable and nothing else.
@@ -106,7 +123,7 @@ pub fn start_empty() -> Start {
 pub fn start_snapshot_only() -> Start {
     let fs = fresh();
     let mut ids = id_source(0xA0);
-    let id = persist(&fs, &version(1))
+    let id = persist_start(&fs, &version(1))
         .unwrap()
         .snapshot(3, &mut ids)
         .unwrap();
@@ -126,15 +143,15 @@ pub fn start_snapshot_only() -> Start {
 pub fn start_full() -> Start {
     let fs = fresh();
     let mut ids = id_source(0xB0);
-    let s1 = persist(&fs, &version(1))
+    let s1 = persist_start(&fs, &version(1))
         .unwrap()
         .snapshot(3, &mut ids)
         .unwrap();
-    let s2 = persist(&fs, &version(2))
+    let s2 = persist_start(&fs, &version(2))
         .unwrap()
         .snapshot(3, &mut ids)
         .unwrap();
-    drop(persist(&fs, &version(3)).unwrap());
+    drop(persist_start(&fs, &version(3)).unwrap());
     let legacy = SnapshotId::from_bytes([0xC0, 0, 0, 0, 0, 0, 0, 1]);
     let write = |path: &Path, bytes: &[u8]| {
         let mut f = fs.create(path).unwrap();
