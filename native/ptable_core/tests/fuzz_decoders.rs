@@ -398,20 +398,24 @@ fn write_v2(chunks: &[Vec<u8>], level: u8) -> Vec<u8> {
     write_v2_expecting(chunks, level, 0)
 }
 
-/// `expect_rows`: the row count announced before the first chunk; a large one makes even
-/// small chunks go into a two-stream file.
-fn write_v2_expecting(chunks: &[Vec<u8>], level: u8, expect_rows: u64) -> Vec<u8> {
-    let fs = MemFs::new();
-    let path = Path::new("/seed");
+/// A writer of `/seed` in `fs`.
+fn seed_writer(fs: &MemFs, level: u8, sequence: u64) -> ChunkWriter {
     let options = WriteOptions {
         level,
         chunk_rows: 100,
     };
     let stamp = Stamp {
-        sequence: 3,
+        sequence,
         created_unix_us: CREATED,
     };
-    let mut w = ChunkWriter::create(&fs, path, options, stamp).expect("create seed");
+    ChunkWriter::create(fs, Path::new("/seed"), options, stamp).expect("create seed")
+}
+
+/// `expect_rows`: the row count announced before the first chunk; a large one makes even
+/// small chunks go into a two-stream file.
+fn write_v2_expecting(chunks: &[Vec<u8>], level: u8, expect_rows: u64) -> Vec<u8> {
+    let fs = MemFs::new();
+    let mut w = seed_writer(&fs, level, 3);
     w.expect_rows(expect_rows);
     w.allow_two_streams(true);
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
@@ -432,15 +436,7 @@ fn write_v2_with_copies(old: &[Vec<u8>], copied: usize, new: &[Vec<u8>], level: 
     let fs = MemFs::new();
     fs.put("/old", write_v2(old, level));
     let mut source = ptable_core::TableFile::open(&fs, Path::new("/old")).expect("old seed");
-    let options = WriteOptions {
-        level,
-        chunk_rows: 100,
-    };
-    let stamp = Stamp {
-        sequence: 4,
-        created_unix_us: CREATED,
-    };
-    let mut w = ChunkWriter::create(&fs, Path::new("/seed"), options, stamp).expect("create");
+    let mut w = seed_writer(&fs, level, 4);
     let mut digest = xxhash_rust::xxh3::Xxh3::new();
     for chunk in &old[..copied] {
         let (fh, stored) = source
