@@ -10,7 +10,8 @@
 #   --runs N              measured rounds per size (default 5), after one warm-up round
 #   --seed S              data generator seed (default 1)
 #   --only a,b,...        contenders to run (ours,ours_c0,baseline,tab2file,floor; ours
-#                         brings the unchanged persist, ours_unchanged, along)
+#                         brings the unchanged persist, ours_unchanged, and the persist
+#                         after one changed row, ours_one_row, along)
 #   --profile             break down where our persist and restore spend their time
 #                         (at the largest size)
 #   --sweep               compression levels 0..9 and chunk sizes 500..16000 through the
@@ -158,6 +159,7 @@ defmodule PersistBench do
   @contenders [
     {:ours, "PropertyTable.Persist (defaults)"},
     {:ours_unchanged, "PropertyTable.Persist, unchanged table (2nd persist)"},
+    {:ours_one_row, "PropertyTable.Persist, one random row changed (3rd persist)"},
     {:ours_c0, "PropertyTable.Persist (compression: 0)"},
     {:baseline, "property_table 0.2.3 algorithm (zlib 6)"},
     {:tab2file, ":ets.tab2file/file2tab (sync: true)"},
@@ -220,7 +222,7 @@ defmodule PersistBench do
       end
 
     # The unchanged persist follows the default persist.
-    only = if :ours in only, do: Enum.uniq(only ++ [:ours_unchanged]), else: only
+    only = if :ours in only, do: Enum.uniq(only ++ [:ours_unchanged, :ours_one_row]), else: only
 
     config = %{
       sizes: sizes,
@@ -294,11 +296,16 @@ defmodule PersistBench do
   end
 
   # The unchanged persist persists again into the directory :ours has just written.
-  defp contender_dir(dir, :ours_unchanged), do: contender_dir(dir, :ours)
+  defp contender_dir(dir, id) when id in [:ours_unchanged, :ours_one_row],
+    do: contender_dir(dir, :ours)
+
   defp contender_dir(dir, id), do: Path.join(dir, Atom.to_string(id))
 
   # Persists then restores; returns %{persist: m, restore: m | nil, size: bytes}.
   defp run_contender(id, source, dir, verify?) do
+    # The row changes before the clock starts; later contenders of the round persist the
+    # table with it.
+    if id == :ours_one_row, do: change_one_row(source)
     before = dir_state(dir)
     persist = measure(fn -> persist(id, source, dir) end)
     stat = File.stat!(file_of(id, dir))
@@ -317,6 +324,20 @@ defmodule PersistBench do
     %{persist: persist, restore: restore, size: stat.size}
   end
 
+  # Gives a random row (the round's seeded :rand state) a new value, so the persist after it
+  # matches the stable file's chunks up to a random one.
+  defp change_one_row(table) do
+    key = :ets.slot(table, :rand.uniform(:ets.info(table, :size)) - 1)
+
+    case key do
+      [{property, _value, ts} | _] ->
+        :ets.insert(table, {property, {:changed, :rand.uniform()}, ts})
+
+      _ ->
+        change_one_row(table)
+    end
+  end
+
   # Every file under `dir` with its inode, size and modification time.
   defp dir_state(dir) do
     for path <- Path.wildcard(Path.join(dir, "**"), match_dot: true), into: %{} do
@@ -328,13 +349,13 @@ defmodule PersistBench do
   defp ours_opts(:ours_c0, dir), do: [data_directory: dir, table_name: "t", compression: 0]
   defp ours_opts(_, dir), do: [data_directory: dir, table_name: "t"]
 
-  defp file_of(id, dir) when id in [:ours, :ours_c0, :ours_unchanged],
+  defp file_of(id, dir) when id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row],
     do: Path.join([dir, "t", "data.ptable"])
 
   defp file_of(:baseline, dir), do: Baseline.stable_path(dir)
   defp file_of(id, dir) when id in [:tab2file, :floor], do: Path.join(dir, "table.bin")
 
-  defp persist(id, table, dir) when id in [:ours, :ours_c0, :ours_unchanged] do
+  defp persist(id, table, dir) when id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row] do
     Persist.persist_to_disk!(table, ours_opts(id, dir))
   end
 
@@ -356,7 +377,7 @@ defmodule PersistBench do
   end
 
   # Each returns the restored table (owned by the calling worker process).
-  defp restore(id, dir) when id in [:ours, :ours_c0] do
+  defp restore(id, dir) when id in [:ours, :ours_c0, :ours_one_row] do
     Persist.restore_from_disk!(:persist_bench_restored, ours_opts(id, dir))
     :persist_bench_restored
   end
