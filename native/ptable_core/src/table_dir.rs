@@ -369,14 +369,7 @@ impl PersistSession {
                 writer.allow_two_streams(allow);
             }
             stable.rewind()?;
-            if matched > 0 && copyable_frames(&mut stable, &writer)? {
-                for _ in 0..matched {
-                    match stable.next_stored_frame()? {
-                        Some((fh, stored)) => writer.append_copied(&fh, stored)?,
-                        None => return Err(Error::new(Reason::BadFile, stable.path())),
-                    }
-                }
-            } else {
+            if !copy_matched_frames(&mut stable, &mut writer, matched)? {
                 for _ in 0..matched {
                     // Compressed again: a frame of a zstd stream holds only what the stream
                     // had not seen yet, so the new stream must see the chunks themselves.
@@ -468,21 +461,31 @@ impl Drop for PersistSession {
     }
 }
 
-/// Whether the frames of `stable` (rewound) can be copied into `writer`: a one-stream zstd
-/// file whose stream starts with a zstd frame that [`crate::codec::ZSTD_END_OF_FRAME`] can end. Leaves
-/// `stable` rewound.
-fn copyable_frames(stable: &mut TableFile, writer: &ChunkWriter) -> Result<bool> {
+/// Copies the first `matched` frames of `stable` (rewound) into `writer` as they are, when
+/// they can be: a one-stream zstd file whose stream starts with a zstd frame that
+/// [`crate::codec::ZSTD_END_OF_FRAME`] can end. Otherwise returns `false` with nothing
+/// appended and `stable` rewound.
+fn copy_matched_frames(
+    stable: &mut TableFile,
+    writer: &mut ChunkWriter,
+    matched: u64,
+) -> Result<bool> {
     let one_stream =
         matches!(stable.header(), FileHeader::Current(h) if h.codec == CODEC_ZSTD_STREAM);
     if !one_stream || !writer.can_copy_frames() {
         return Ok(false);
     }
-    let copyable = match stable.next_stored_frame()? {
-        Some((_, stored)) => starts_unchecksummed_zstd_frame(stored),
-        None => false,
-    };
-    stable.rewind()?;
-    Ok(copyable)
+    for i in 0..matched {
+        let Some((fh, stored)) = stable.next_stored_frame()? else {
+            return Err(Error::new(Reason::BadFile, stable.path()));
+        };
+        if i == 0 && !starts_unchecksummed_zstd_frame(stored) {
+            stable.rewind()?;
+            return Ok(false);
+        }
+        writer.append_copied(&fh, stored)?;
+    }
+    Ok(true)
 }
 
 /// The stable file, if it is a version 2 file written with the same options, so that an

@@ -223,9 +223,7 @@ impl ChunkWriter {
         if let (Some(odd), true) = (&mut self.odd, odd_chunk) {
             return odd.send(raw, meta).map_err(|e| Error::io(&e, &self.path));
         }
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.clear();
-        frame.resize(FRAME_HEADER_LEN, 0);
+        let mut frame = self.frame_buffer();
         if self.after_copies {
             self.after_copies = false;
             frame.extend_from_slice(&ZSTD_END_OF_FRAME);
@@ -236,11 +234,24 @@ impl ChunkWriter {
             .map_err(|e| Error::io(&e, &self.path))
             .and_then(|()| self.write_odd_frame())
             .and_then(|()| self.write_frame(&mut frame, meta));
-        // Keep a huge chunk's buffer from pinning memory for the rest of the file.
+        self.reuse_frame_buffer(frame);
+        result
+    }
+
+    /// The frame buffer, emptied down to the frame header's space.
+    fn frame_buffer(&mut self) -> Vec<u8> {
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
+        frame.resize(FRAME_HEADER_LEN, 0);
+        frame
+    }
+
+    /// Keeps `frame` for the next one, unless a huge chunk grew it: it would pin that memory
+    /// for the rest of the file.
+    fn reuse_frame_buffer(&mut self, frame: Vec<u8>) {
         if frame.capacity() <= 8 << 20 {
             self.frame = frame;
         }
-        result
     }
 
     /// Whether [`append_copied`](Self::append_copied) can start this file: a one-stream zstd
@@ -262,9 +273,7 @@ impl ChunkWriter {
         self.two_streams = false;
         self.after_copies = true;
         self.appended += 1;
-        let mut frame = std::mem::take(&mut self.frame);
-        frame.clear();
-        frame.resize(FRAME_HEADER_LEN, 0);
+        let mut frame = self.frame_buffer();
         frame.extend_from_slice(stored);
         let meta = ChunkMeta {
             raw_len: fh.raw_len,
@@ -272,9 +281,7 @@ impl ChunkWriter {
             raw_hash: fh.raw_hash,
         };
         let result = self.write_frame(&mut frame, meta);
-        if frame.capacity() <= 8 << 20 {
-            self.frame = frame;
-        }
+        self.reuse_frame_buffer(frame);
         result
     }
 

@@ -9,7 +9,7 @@ use ptable_core::{
 use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 mod atoms {
@@ -239,8 +239,10 @@ fn persist_begin<'a>(
     }
 }
 
-fn lock_state(session: &ResourceArc<SessionResource>) -> std::sync::MutexGuard<'_, SessionState> {
-    match session.0.lock() {
+/// Locks a resource's state, ignoring poisoning: a panic while the lock was held leaves a
+/// state that later calls can still act on (at worst report `closed`).
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
+    match state.lock() {
         Ok(g) => g,
         Err(poisoned) => poisoned.into_inner(),
     }
@@ -253,7 +255,7 @@ fn with_session<'a>(
     session: &ResourceArc<SessionResource>,
     f: impl FnOnce(&mut PersistSession) -> Term<'a>,
 ) -> Term<'a> {
-    let mut state = lock_state(session);
+    let mut state = lock(&session.0);
     match state.drain() {
         Ok(s) => f(s),
         Err(e) if e.reason == Reason::Closed => closed_error(env),
@@ -291,7 +293,7 @@ fn persist_append_wait<'a>(
     chunk: Binary,
     rows: u64,
 ) -> Term<'a> {
-    let result = lock_state(&session).append(chunk.as_slice(), rows, true);
+    let result = lock(&session.0).append(chunk.as_slice(), rows, true);
     append_result(env, result)
 }
 
@@ -330,7 +332,7 @@ fn persist_snapshot<'a>(
 /// releases the lock.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
-    let mut state = lock_state(&session);
+    let mut state = lock(&session.0);
     let _ = state.drain();
     *state = SessionState::Closed;
     atoms::ok()
@@ -387,10 +389,7 @@ impl AsMut<[u8]> for ChunkBinary {
 /// The next chunk: `{:ok, binary, rows | nil}`, `:done`, or an error.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
-    let mut guard = match reader.0.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut guard = lock(&reader.0);
     *guard = match guard.take() {
         Some(ReaderState::Ready(file)) => match start_reader(*file) {
             Ok(queue) => Some(ReaderState::Prefetching(queue)),
@@ -449,10 +448,7 @@ fn start_reader(mut file: TableFile) -> ptable_core::Result<Receiver<ChunkResult
 /// Closes the file early (it is also closed when the reader is collected).
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_close(reader: ResourceArc<ReaderResource>) -> Atom {
-    let mut guard = match reader.0.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    };
+    let mut guard = lock(&reader.0);
     drop(guard.take());
     atoms::ok()
 }
