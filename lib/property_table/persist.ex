@@ -375,11 +375,7 @@ defmodule PropertyTable.Persist do
     ArgumentError -> {:error, error(:no_table, nil, operation)}
   end
 
-  defp table_exists?(table) do
-    :ets.info(table, :size) != :undefined
-  rescue
-    ArgumentError -> false
-  end
+  defp table_exists?(table), do: match?({:ok, _}, table_size(table, nil))
 
   # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
   # other processes write), encodes each chunk and hands it to the writer.

@@ -6,8 +6,9 @@
 //! what a decoder that has read all earlier frames needs to output that chunk. Later chunks
 //! reuse what the earlier ones taught the compressor (property names repeat across the
 //! table), which gives small files at fast levels and with small chunks. The price: frames
-//! decompress only in order. Large files use [`CODEC_ZSTD_STREAMS2`]: two such streams, the
-//! even chunks in one and the odd chunks in the other, so that two threads compress at once.
+//! decompress only in order. On machines with three cores or more, large files use
+//! [`CODEC_ZSTD_STREAMS2`]: two such streams, the even chunks in one and the odd chunks in
+//! the other, so that two threads compress at once.
 //! [`CODEC_ZSTD`] (one independent zstd frame per chunk) is still read.
 
 use std::io;
