@@ -606,6 +606,36 @@ defmodule PropertyTable.PersistApiTest do
     refute File.exists?(tmp_path(dir))
   end
 
+  test "a session closed without a commit after 0, 1 or 3 chunks changes no file and frees the lock",
+       %{tmp_dir: dir} do
+    # One chunk is held by the session (written by the commit); more start a writer
+    # thread. Either way, closing without a commit must leave the directory as it was.
+    alias PropertyTable.Persist.Native
+    old = realistic_pairs(10, 1)
+    :ok = Persist.persist_to_disk(new_table(old), opts(dir))
+    before = tree(dir)
+    chunk = :erlang.term_to_binary(realistic_pairs(5, 2))
+
+    for chunks <- [0, 1, 3] do
+      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      for _ <- 1..chunks//1, do: :ok = Native.persist_append(s, chunk, 5)
+      :ok = Native.persist_close(s)
+      assert tree(dir) == before, "after #{chunks} chunks"
+      assert Native.persist_commit(s) == {:error, :closed, nil}
+    end
+
+    assert {:ok, sort(old)} == restore_fresh(opts(dir))
+
+    # Committed, one chunk or three (the same rows again) restore those rows.
+    for chunks <- [1, 3] do
+      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
+      assert :ok = Native.persist_commit(s)
+      :ok = Native.persist_close(s)
+      assert {:ok, sort(realistic_pairs(5, 2))} == restore_fresh(opts(dir))
+    end
+  end
+
   test "a lock held elsewhere makes a writer wait, and :busy after :lock_timeout",
        %{tmp_dir: dir} do
     # Hold the directory lock from a second persist that is stuck mid-way: a table whose

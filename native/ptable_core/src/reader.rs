@@ -71,7 +71,9 @@ impl TableFile {
         let io_err = |e: std::io::Error| Error::io(&e, path);
         let raw = fs.open(path).map_err(io_err)?;
         let file_len = raw.file_len().map_err(io_err)?;
-        let mut file = BufReader::with_capacity(READ_BUFFER, raw);
+        // A small file gets a buffer of its own size.
+        let buffer = usize::try_from(file_len).map_or(READ_BUFFER, |len| len.clamp(1, READ_BUFFER));
+        let mut file = BufReader::with_capacity(buffer, raw);
         let bad_file = || Error::new(Reason::BadFile, path);
 
         let mut prefix = [0u8; PREFIX_LEN];

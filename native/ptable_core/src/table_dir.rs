@@ -102,19 +102,25 @@ fn lock_dir(fs: &dyn Fs, dir: &TableDir) -> Result<Box<dyn LockGuard>> {
     fs.try_lock(&path).map_err(|e| Error::io(&e, &path))
 }
 
-/// The sequence number of the header of `path`, if it has a readable version 2 header.
-fn sequence_of(fs: &dyn Fs, path: &Path) -> Option<u64> {
-    match TableFile::open(fs, path).ok()?.header() {
+/// The sequence number of a version 2 file.
+fn sequence_in(file: &TableFile) -> Option<u64> {
+    match file.header() {
         FileHeader::Current(h) => Some(h.sequence),
         FileHeader::Legacy { .. } => None,
     }
 }
 
-/// The next sequence number of the stable lineage.
-fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir) -> u64 {
-    let newest = [dir.stable(), dir.backup()]
-        .iter()
-        .filter_map(|p| sequence_of(fs, p))
+/// The sequence number of the header of `path`, if it has a readable version 2 header.
+fn sequence_of(fs: &dyn Fs, path: &Path) -> Option<u64> {
+    sequence_in(&TableFile::open(fs, path).ok()?)
+}
+
+/// The next sequence number of the stable lineage, from the stable file (already opened,
+/// if it opens) and the backup.
+fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>) -> u64 {
+    let newest = [stable.and_then(sequence_in), sequence_of(fs, &dir.backup())]
+        .into_iter()
+        .flatten()
         .max()
         .unwrap_or(0);
     newest.saturating_add(1)
@@ -268,8 +274,9 @@ impl PersistSession {
     pub fn begin(fs: Arc<dyn Fs>, dir: TableDir, options: WriteOptions) -> Result<Self> {
         ensure_dir(fs.as_ref(), dir.root())?;
         let lock = lock_dir(fs.as_ref(), &dir)?;
-        let stamp = Stamp::now(next_stable_sequence(fs.as_ref(), &dir));
-        let mode = match comparable_stable(fs.as_ref(), &dir, options) {
+        let stable = TableFile::open(fs.as_ref(), &dir.stable()).ok();
+        let stamp = Stamp::now(next_stable_sequence(fs.as_ref(), &dir, stable.as_ref()));
+        let mode = match stable.filter(|file| is_comparable(file, options)) {
             Some(stable) => Mode::Comparing {
                 stable: Box::new(stable),
                 matched: 0,
@@ -488,20 +495,13 @@ fn copy_matched_frames(
     Ok(true)
 }
 
-/// The stable file, if it is a version 2 file written with the same options, so that an
+/// Whether the stable file is a version 2 file written with the same options, so that an
 /// unchanged table can be recognised chunk by chunk.
-fn comparable_stable(fs: &dyn Fs, dir: &TableDir, options: WriteOptions) -> Option<TableFile> {
-    let file = TableFile::open(fs, &dir.stable()).ok()?;
-    match file.header() {
-        FileHeader::Current(h)
-            if h.level == options.level
-                && h.chunk_rows == options.chunk_rows
-                && writes_codec(options.level, h.codec) =>
-        {
-            Some(file)
-        }
-        _ => None,
-    }
+fn is_comparable(stable: &TableFile, options: WriteOptions) -> bool {
+    matches!(stable.header(), FileHeader::Current(h)
+        if h.level == options.level
+            && h.chunk_rows == options.chunk_rows
+            && writes_codec(options.level, h.codec))
 }
 
 /// Which file a restore read.
@@ -810,7 +810,9 @@ pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
         Err(e) => return Err(Error::io(&e, &snapshot)),
     }
     let _lock = lock_dir(fs, dir)?;
-    let stamp = Stamp::now(next_stable_sequence(fs, dir));
+    let stable = TableFile::open(fs, &dir.stable()).ok();
+    let stamp = Stamp::now(next_stable_sequence(fs, dir, stable.as_ref()));
+    drop(stable);
     let tmp = dir.tmp();
     let result =
         copy_file(fs, &snapshot, &tmp, stamp).and_then(|()| install_tmp_as_stable(fs, dir));

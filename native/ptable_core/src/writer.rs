@@ -12,6 +12,7 @@ use crate::fs::{Fs, WriteFile};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::OnceLock;
 use std::thread::JoinHandle;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -72,7 +73,10 @@ pub struct ChunkWriter {
 /// measured persist was no faster (the caller already keeps one core busy), and on one core
 /// the threads would only take turns.
 pub fn two_streams_help() -> bool {
-    std::thread::available_parallelism().is_ok_and(|n| n.get() >= 3)
+    // Asked once: the answer reads cgroup files, which costs more than a small persist's
+    // other setup.
+    static HELPS: OnceLock<bool> = OnceLock::new();
+    *HELPS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() >= 3))
 }
 
 /// What a frame's header needs besides the stored bytes.

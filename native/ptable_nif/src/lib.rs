@@ -35,8 +35,14 @@ const QUEUED_CHUNKS: usize = 2;
 /// other call first waits for the thread to finish the queued chunks and takes the
 /// session back. An append that fails ends the session (as `PersistSession::append`
 /// does); its error is returned by the next append or by the commit.
+///
+/// The thread starts with the second chunk: the first one is held, and a table of one
+/// chunk (up to `chunk_size` rows) is written by the commit itself. Its persist takes a
+/// few milliseconds, and starting a thread and handing the chunk over was a measurable
+/// part of that.
 enum SessionState {
     Idle(Box<PersistSession>),
+    Holding(Box<PersistSession>, (Vec<u8>, u64)),
     Streaming {
         chunks: SyncSender<(Vec<u8>, u64)>,
         writer: JoinHandle<(Box<PersistSession>, ptable_core::Result<()>)>,
@@ -48,19 +54,33 @@ enum SessionState {
 const INLINE_APPEND_MAX: usize = 1 << 20;
 
 impl SessionState {
-    /// Hands a chunk to the writer thread, starting it on the first chunk. With `wait`,
-    /// blocks while the queue is full; without, returns `Ok(false)` instead.
+    /// Holds the first chunk; from the second on, hands chunks to the writer thread
+    /// (started then, with the held chunk first). With `wait`, blocks while the queue is
+    /// full; without, returns `Ok(false)` instead.
     fn append(&mut self, raw: &[u8], rows: u64, wait: bool) -> ptable_core::Result<bool> {
         // On an error the state stays `Closed`.
-        *self = match std::mem::replace(self, SessionState::Closed) {
-            SessionState::Idle(session) => start_writer(session)?,
-            other => other,
+        let item = (raw.to_vec(), rows);
+        let held = match std::mem::replace(self, SessionState::Closed) {
+            SessionState::Idle(session) => {
+                *self = SessionState::Holding(session, item);
+                return Ok(true);
+            }
+            SessionState::Holding(session, held) => {
+                *self = start_writer(session)?;
+                Some(held)
+            }
+            other => {
+                *self = other;
+                None
+            }
         };
         let SessionState::Streaming { chunks, .. } = self else {
             return Err(Error::without_path(Reason::Closed));
         };
-        let item = (raw.to_vec(), rows);
-        let stopped = if wait {
+        // The queue is empty: the held chunk goes in without waiting.
+        let stopped = if held.is_some_and(|held| chunks.send(held).is_err()) {
+            true
+        } else if wait {
             chunks.send(item).is_err()
         } else {
             match chunks.try_send(item) {
@@ -80,6 +100,11 @@ impl SessionState {
     /// the error that ended it.
     fn drain(&mut self) -> ptable_core::Result<&mut PersistSession> {
         match std::mem::replace(self, SessionState::Closed) {
+            SessionState::Holding(mut session, (raw, rows)) => {
+                // On an error the session is dropped (its tmp file removed, lock released).
+                session.append(&raw, rows)?;
+                *self = SessionState::Idle(session);
+            }
             SessionState::Streaming { chunks, writer } => {
                 drop(chunks);
                 // A panic in the writer leaves the session closed (and its lock released).
@@ -333,7 +358,10 @@ fn persist_snapshot<'a>(
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
     let mut state = lock(&session.0);
-    let _ = state.drain();
+    // A held chunk is dropped, not written; a writer thread is waited for.
+    if !matches!(*state, SessionState::Holding(..)) {
+        let _ = state.drain();
+    }
     *state = SessionState::Closed;
     atoms::ok()
 }
