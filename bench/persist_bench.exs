@@ -1008,7 +1008,11 @@ defmodule PersistBench.Profile do
 
         defaults = PropertyTable.Persist.Options.defaults()
         {level, chunk} = {defaults[:compression], defaults[:chunk_size]}
-        {begin_us, {:ok, session}} = t.(fn -> Native.persist_begin(table_dir, level, chunk) end)
+        rows = :ets.info(table, :size)
+
+        {begin_us, {:ok, session}} =
+          t.(fn -> Native.persist_begin(table_dir, level, chunk, rows) end)
+
         :ets.safe_fixtable(table, true)
         {sel0, first} = t.(fn -> :ets.select(table, @row_spec, chunk) end)
 
@@ -1032,9 +1036,9 @@ defmodule PersistBench.Profile do
           {"persist_begin (NIF: lock, read old headers, create tmp)", begin_us},
           {":ets.select, #{acc.chunks} chunks", acc.select},
           {":erlang.term_to_binary per chunk", acc.encode},
-          {"persist_append (NIF: copy to the writer thread's queue; waits when full)",
+          {"persist_append (NIF: copy to the writer thread's queue, started at the 2nd chunk; waits when full)",
            acc.append},
-          {"persist_commit (NIF: wait for the writer thread (zstd, xxh3, crc32, write), header, fsync, verify old stable, renames, dir fsync)",
+          {"persist_commit (NIF: wait for the writer thread, or write a lone chunk (zstd, xxh3, crc32, write); header, fsync, verify old stable, renames, dir fsync)",
            commit}
         ]
       end
@@ -1109,7 +1113,10 @@ defmodule PersistBench.Profile do
 
   defp restore_open(table_dir) do
     max = PropertyTable.Persist.Options.defaults()[:max_quarantined]
-    {:ok, reader, _kind, _path, _failures, _quarantined} = Native.restore_open(table_dir, max)
+
+    {:ok, reader, _kind, _path, _failures, _quarantined, _chunks} =
+      Native.restore_open(table_dir, max)
+
     reader
   end
 

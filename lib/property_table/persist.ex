@@ -419,7 +419,7 @@ defmodule PropertyTable.Persist do
   defp restore_table(table, opts) do
     with :ok <- check_restore_target(table) do
       case Native.restore_open(opts.table_dir, opts.max_quarantined) do
-        {:ok, reader, kind, path, failures, quarantined} ->
+        {:ok, reader, kind, path, failures, quarantined, chunks} ->
           warn_failures(failures)
           log_quarantined(quarantined)
 
@@ -427,7 +427,7 @@ defmodule PropertyTable.Persist do
             do: Logger.warning("PropertyTable.Persist: restoring from #{kind} file #{path}")
 
           try do
-            load_verified(table, reader, path, opts)
+            load_verified(table, reader, chunks, path, opts)
           after
             Native.restore_close(reader)
           end
@@ -451,10 +451,10 @@ defmodule PropertyTable.Persist do
   # payload from another writer that does not decode, or (with `safe: true`) an unknown
   # atom. So the table's previous rows are kept aside until the last chunk is in and put
   # back on failure: the table ends up holding the whole file or what it held before.
-  defp load_verified(table, reader, path, opts) do
+  defp load_verified(table, reader, chunks, path, opts) do
     with {:ok, target, previous} <- prepare_target(table) do
       try do
-        insert_chunks(target, reader, path, System.monotonic_time(), opts.safe)
+        insert_chunks(target, reader, chunks, path, System.monotonic_time(), opts.safe)
       catch
         kind, reason ->
           roll_back(target, previous)
@@ -544,16 +544,17 @@ defmodule PropertyTable.Persist do
   end
 
   # When the order of inserts cannot matter (a :set or :ordered_set that other processes
-  # may write), a helper process takes chunks from the same reader: one process decodes a
-  # chunk while the other inserts one, which keeps two cores busy.
-  defp insert_chunks(table, reader, path, timestamp, safe?) do
+  # may write) and there are several chunks, a helper process takes chunks from the same
+  # reader: one process decodes a chunk while the other inserts one, which keeps two cores
+  # busy.
+  defp insert_chunks(table, reader, chunks, path, timestamp, safe?) do
     insert = fn bin, rows ->
       with {:ok, rows} <- decode_chunk(bin, rows, path, safe?, timestamp) do
         insert_rows(table, rows)
       end
     end
 
-    if inserts_commute?(table) do
+    if chunks > 1 and inserts_commute?(table) do
       caller = self()
 
       # A helper whose caller died (killed mid-restore) stops instead of going on alone.

@@ -159,8 +159,11 @@ type ChunkResult = ptable_core::Result<Option<Chunk<ChunkBinary>>>;
 /// A verified file, then (from the first `restore_next`) a thread that reads, decompresses
 /// and checks the next chunks while the caller inserts the current one. Closing (or
 /// collecting) the reader drops the receiver, which ends the thread and closes the file.
+/// A file of one chunk is read by `restore_next` itself: there is nothing to overlap, and
+/// starting a thread was a measurable part of a small table's restore.
 enum ReaderState {
     Ready(Box<TableFile>),
+    Inline(Box<TableFile>),
     Prefetching(Receiver<ChunkResult>),
     /// Every chunk was handed out: later calls (from any process) get `:done`.
     Done,
@@ -376,7 +379,7 @@ fn path_list<'a>(env: Env<'a>, paths: &[PathBuf]) -> Term<'a> {
 
 /// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
 /// files aside (keeping `max_quarantined`).
-/// `{:ok, reader, kind, path, failures, quarantined}` or
+/// `{:ok, reader, kind, path, failures, quarantined, chunk_count}` or
 /// `{:error, reason, path, failures, quarantined}`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'a> {
@@ -389,10 +392,20 @@ fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'
                 .unwrap_or_else(|_| atoms::nil().encode(env));
             let failures = failure_list(env, &source.failures);
             let quarantined = path_list(env, &source.quarantined);
+            let chunks = chunk_count(&source.file);
             let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(ReaderState::Ready(
                 Box::new(source.file),
             )))));
-            (atoms::ok(), reader, kind, path, failures, quarantined).encode(env)
+            (
+                atoms::ok(),
+                reader,
+                kind,
+                path,
+                failures,
+                quarantined,
+                chunks,
+            )
+                .encode(env)
         }
         Err(failure) => (
             atoms::error(),
@@ -419,6 +432,9 @@ impl AsMut<[u8]> for ChunkBinary {
 fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
     let mut guard = lock(&reader.0);
     *guard = match guard.take() {
+        Some(ReaderState::Ready(file)) if chunk_count(&file) <= 1 => {
+            Some(ReaderState::Inline(file))
+        }
         Some(ReaderState::Ready(file)) => match start_reader(*file) {
             Ok(queue) => Some(ReaderState::Prefetching(queue)),
             // The file went with the thread that could not start: the reader is closed.
@@ -426,12 +442,13 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
         },
         other => other,
     };
-    let queue = match guard.as_ref() {
-        Some(ReaderState::Prefetching(queue)) => queue,
+    let next = match guard.as_mut() {
+        Some(ReaderState::Inline(file)) => Ok(read_chunk(file)),
+        Some(ReaderState::Prefetching(queue)) => queue.recv(),
         Some(ReaderState::Done) => return atoms::done().encode(env),
         _ => return closed_error(env),
     };
-    match queue.recv() {
+    match next {
         Ok(Ok(Some(chunk))) => {
             let rows = match chunk.rows {
                 Some(n) => n.encode(env),
@@ -455,6 +472,19 @@ fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'
     }
 }
 
+/// Chunks in a verified file (a legacy file's payload is one).
+fn chunk_count(file: &TableFile) -> u64 {
+    match file.header() {
+        FileHeader::Current(h) => h.chunk_count,
+        FileHeader::Legacy { .. } => 1,
+    }
+}
+
+/// Reads, decompresses and checks the next chunk, straight into a binary the VM will own.
+fn read_chunk(file: &mut TableFile) -> ChunkResult {
+    file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))))
+}
+
 /// Starts the thread that reads, decompresses and checks the chunks of `file` ahead of
 /// `restore_next`; it ends after the last chunk or an error, or when the receiver is dropped.
 fn start_reader(mut file: TableFile) -> ptable_core::Result<Receiver<ChunkResult>> {
@@ -463,7 +493,7 @@ fn start_reader(mut file: TableFile) -> ptable_core::Result<Receiver<ChunkResult
     std::thread::Builder::new()
         .name("ptable_reader".into())
         .spawn(move || loop {
-            let next = file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))));
+            let next = read_chunk(&mut file);
             let last = !matches!(next, Ok(Some(_)));
             if chunks.send(next).is_err() || last {
                 break;
