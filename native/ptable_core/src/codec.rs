@@ -305,12 +305,14 @@ enum DecoderKind {
     None,
     Frames(zstd::bulk::Decompressor<'static>),
     /// One context per stream (`count` of them, each created when its first frame comes:
-    /// reading headers and checking CRCs needs none), the last frame's output (see
-    /// [`Decompressor::stage`]), and the index of the next frame (which picks its stream).
+    /// reading headers and checking CRCs needs none), the output of a frame decoded ahead
+    /// by [`Decompressor::stage`] (if `is_staged`), and the index of the next frame (which
+    /// picks its stream).
     Stream {
         streams: Vec<DCtx<'static>>,
         count: usize,
         staged: Vec<u8>,
+        is_staged: bool,
         next: usize,
     },
 }
@@ -320,6 +322,52 @@ const SIZE_CHECK_WINDOW: usize = 64 << 10;
 
 fn limited_dctx() -> Option<DCtx<'static>> {
     DCTXS.limited_dctx()
+}
+
+/// The context of the stream the next frame continues (creating it at the stream's first
+/// frame), and moves on to the frame after.
+fn next_stream<'a>(
+    streams: &'a mut Vec<DCtx<'static>>,
+    count: usize,
+    next: &mut usize,
+) -> Option<&'a mut DCtx<'static>> {
+    let index = *next % count.max(1);
+    // Frames come in order, so a stream's first frame finds all earlier streams created.
+    if index == streams.len() {
+        streams.push(limited_dctx()?);
+    }
+    *next += 1;
+    streams.get_mut(index)
+}
+
+/// Decodes one frame of `dctx`'s stream into `out`: it must take all of `stored` and give
+/// exactly `out.len()` bytes. As in [`Decompressor::stage`], each call's output window
+/// depends only on `out.len()` and the output so far.
+fn decode_frame_into(dctx: &mut DCtx, stored: &[u8], out: &mut [u8]) -> bool {
+    let mut input = InBuffer::around(stored);
+    let mut filled = 0;
+    // Once `out` is full, one more byte would mean a frame longer than announced.
+    let mut probe = [0u8; 1];
+    loop {
+        let before_in = input.pos();
+        let window = match out.get_mut(filled..) {
+            Some(rest) if !rest.is_empty() => rest,
+            _ => &mut probe[..],
+        };
+        let mut output = OutBuffer::around(window);
+        let result = dctx.decompress_stream(&mut output, &mut input);
+        let produced = output.pos();
+        if result.is_err() || filled == out.len() && produced > 0 {
+            return false;
+        }
+        filled += produced;
+        if input.pos() == stored.len() && produced == 0 {
+            return filled == out.len();
+        }
+        if produced == 0 && input.pos() == before_in {
+            return false;
+        }
+    }
 }
 
 impl Drop for Decompressor {
@@ -346,6 +394,7 @@ impl Decompressor {
                 streams: Vec::new(),
                 count: if codec == CODEC_ZSTD_STREAM { 1 } else { 2 },
                 staged: Vec::new(),
+                is_staged: false,
                 next: 0,
             },
             _ => return None,
@@ -356,22 +405,18 @@ impl Decompressor {
         })
     }
 
-    /// Whether every frame must go through [`decompresses_to`](Self::decompresses_to), in
-    /// file order, before it is read.
-    pub fn is_stream(&self) -> bool {
-        matches!(self.kind, DecoderKind::Stream { .. })
-    }
-
     /// Starts again at the first frame.
     pub fn reset(&mut self) {
         if let DecoderKind::Stream {
             streams,
             staged,
+            is_staged,
             next,
             ..
         } = &mut self.kind
         {
             staged.clear();
+            *is_staged = false;
             *next = 0;
             let reset = |d: &mut DCtx| d.reset(zstd_safe::ResetDirective::SessionOnly).is_ok();
             if !streams.iter_mut().all(reset) {
@@ -384,30 +429,23 @@ impl Decompressor {
     /// Stream codec: decompresses the next frame into an internal buffer, growing it only
     /// as output really comes (a frame that merely claims a huge `raw_len` allocates
     /// nothing), and tells whether it gave exactly `raw_len` bytes. The bytes are then taken
-    /// by [`decompress_exact`](Self::decompress_exact). Frames must be staged in file order
+    /// by [`decompress_exact`](Self::decompress_exact). Frames must be decoded in file order
     /// from the first (or from a [`reset`](Self::reset)).
     fn stage(&mut self, stored: &[u8], raw_len: u64) -> bool {
         let DecoderKind::Stream {
             streams,
             count,
             staged: out,
+            is_staged,
             next,
         } = &mut self.kind
         else {
             return false;
         };
-        let index = *next % (*count).max(1);
-        // Frames come in order, so a stream's first frame finds all earlier streams created.
-        if index == streams.len() {
-            match limited_dctx() {
-                Some(dctx) => streams.push(dctx),
-                None => return false,
-            }
-        }
-        let Some(dctx) = streams.get_mut(index) else {
+        *is_staged = false;
+        let Some(dctx) = next_stream(streams, *count, next) else {
             return false;
         };
-        *next += 1;
         out.clear();
         let mut input = InBuffer::around(stored);
         loop {
@@ -428,7 +466,8 @@ impl Decompressor {
             if input.pos() == stored.len() && produced == 0 {
                 // All input taken and nothing more comes out: the frame is out. (zstd may
                 // take the last input in one call and give its output only in the next.)
-                return out.len() as u64 == raw_len;
+                *is_staged = out.len() as u64 == raw_len;
+                return *is_staged;
             }
             if produced == 0 && input.pos() == before_in {
                 return false;
@@ -437,8 +476,9 @@ impl Decompressor {
     }
 
     /// Decompresses `stored` into exactly `out.len()` bytes; `false` if the data is not a
-    /// valid stream of exactly that size. For the stream codec, `stored` must be the frame
-    /// [`decompresses_to`](Self::decompresses_to) just decoded.
+    /// valid stream of exactly that size. For the stream codec, `stored` is the next frame,
+    /// or the frame [`decompresses_to`](Self::decompresses_to) just decoded; a frame not
+    /// decoded ahead is decoded straight into `out` (no copy, no buffer of its own).
     pub fn decompress_exact(&mut self, stored: &[u8], out: &mut [u8]) -> bool {
         match &mut self.kind {
             DecoderKind::None => {
@@ -451,12 +491,24 @@ impl Decompressor {
             DecoderKind::Frames(z) => {
                 matches!(z.decompress_to_buffer(stored, out), Ok(n) if n == out.len())
             }
-            DecoderKind::Stream { staged, .. } => {
-                if staged.len() != out.len() {
-                    return false;
+            DecoderKind::Stream {
+                streams,
+                count,
+                staged,
+                is_staged,
+                next,
+            } => {
+                if std::mem::take(is_staged) {
+                    if staged.len() != out.len() {
+                        return false;
+                    }
+                    out.copy_from_slice(staged);
+                    return true;
                 }
-                out.copy_from_slice(staged);
-                true
+                match next_stream(streams, *count, next) {
+                    Some(dctx) => decode_frame_into(dctx, stored, out),
+                    None => false,
+                }
             }
         }
     }
@@ -529,11 +581,17 @@ mod tests {
             .collect()
     }
 
-    /// Decodes `frames` in order with `d`, as the reader does.
-    fn decode_all(d: &mut Decompressor, frames: &[(Vec<u8>, usize)]) -> Option<Vec<Vec<u8>>> {
+    /// Decodes `frames` in order with `d`, as the reader does: straight into each chunk's
+    /// buffer, or (`staged`) first checked with `decompresses_to`, as the reader does for a
+    /// frame whose size is out of proportion to its stored bytes.
+    fn decode_all(
+        d: &mut Decompressor,
+        frames: &[(Vec<u8>, usize)],
+        staged: bool,
+    ) -> Option<Vec<Vec<u8>>> {
         let mut out = Vec::new();
         for (stored, len) in frames {
-            if d.is_stream() && !d.decompresses_to(stored, *len as u64) {
+            if staged && !d.decompresses_to(stored, *len as u64) {
                 return None;
             }
             let mut buf = vec![0u8; *len];
@@ -564,14 +622,20 @@ mod tests {
                 assert!(stored < raw.iter().map(Vec::len).sum::<usize>() / 4);
             }
             let mut d = Decompressor::for_codec(c.codec()).unwrap();
-            assert_eq!(decode_all(&mut d, &frames).as_ref(), Some(&raw));
-            d.reset();
-            assert_eq!(decode_all(&mut d, &frames).as_ref(), Some(&raw));
-            // A wrong length is refused.
-            d.reset();
-            let mut wrong = frames.clone();
-            wrong[0].1 -= 1;
-            assert_eq!(decode_all(&mut d, &wrong), None, "level {level}");
+            for staged in [false, true, false] {
+                assert_eq!(decode_all(&mut d, &frames, staged).as_ref(), Some(&raw));
+                d.reset();
+            }
+            // A wrong length is refused, one byte short or one too many, in any frame.
+            for (frame, delta) in [(0, -1), (0, 1), (2, -1), (2, 1)] {
+                for staged in [false, true] {
+                    d.reset();
+                    let mut wrong = frames.clone();
+                    wrong[frame].1 = wrong[frame].1.checked_add_signed(delta).unwrap();
+                    let what = format!("level {level} frame {frame} {delta:+} staged {staged}");
+                    assert_eq!(decode_all(&mut d, &wrong, staged), None, "{what}");
+                }
+            }
         }
     }
 

@@ -324,10 +324,7 @@ impl TableFile {
             .saturating_mul(EAGER_RATIO)
             .saturating_add(EAGER_SLACK);
         let ok = match &mut self.decompressor {
-            // A stream frame is always decoded here (it must be, in order).
-            Some(d) if d.is_stream() || fh.raw_len > eager => {
-                d.decompresses_to(&self.scratch, fh.raw_len)
-            }
+            Some(d) if fh.raw_len > eager => d.decompresses_to(&self.scratch, fh.raw_len),
             Some(_) => true,
             None => fh.raw_len <= eager,
         };
