@@ -49,12 +49,16 @@ defmodule PersistBench.Monitor do
 
   def reset, do: call(:reset)
 
-  @doc "Events since the last reset: %{long_schedule: n, long_gc: n, max_ms: ms}"
-  def take, do: call(:take)
+  @doc """
+  Events since the last reset: %{long_schedule: n, long_gc: n, max_ms: ms, details: [text]};
+  `labels` names the processes of interest (pid => label), others are "another process".
+  """
+  def take(labels \\ %{}), do: call({:take, labels})
 
   defp call(msg) do
     ref = make_ref()
-    send(__MODULE__, {msg, self(), ref})
+    {msg, arg} = if is_tuple(msg), do: msg, else: {msg, nil}
+    send(__MODULE__, {msg, self(), ref, arg})
 
     receive do
       {^ref, reply} -> reply
@@ -66,17 +70,17 @@ defmodule PersistBench.Monitor do
       {:monitor, who, kind, info} when kind in [:long_schedule, :long_gc] ->
         loop([{kind, who, info} | events])
 
-      {:reset, from, ref} ->
+      {:reset, from, ref, _} ->
         send(from, {ref, :ok})
         loop([])
 
-      {:take, from, ref} ->
-        send(from, {ref, summarize(events)})
+      {:take, from, ref, labels} ->
+        send(from, {ref, summarize(Enum.reverse(events), labels)})
         loop([])
     end
   end
 
-  defp summarize(events) do
+  defp summarize(events, labels) do
     count = fn kind -> Enum.count(events, &(elem(&1, 0) == kind)) end
 
     max_ms =
@@ -84,8 +88,24 @@ defmodule PersistBench.Monitor do
       |> Enum.map(fn {_, _, info} -> Keyword.get(info, :timeout, 0) end)
       |> Enum.max(fn -> 0 end)
 
-    %{long_schedule: count.(:long_schedule), long_gc: count.(:long_gc), max_ms: max_ms}
+    %{
+      long_schedule: count.(:long_schedule),
+      long_gc: count.(:long_gc),
+      max_ms: max_ms,
+      details: Enum.map(events, &describe(&1, labels))
+    }
   end
+
+  # "22 ms long_schedule of the caller (in at Mod.fun/2, out at ?)"
+  defp describe({kind, who, info}, labels) do
+    whose = Map.get(labels, who, "another process (#{inspect(who)})")
+    where = for key <- [:in, :out], Keyword.has_key?(info, key), do: "#{key} at #{mfa(info[key])}"
+    where = if where == [], do: "", else: " (#{Enum.join(where, ", ")})"
+    "#{Keyword.get(info, :timeout, "?")} ms #{kind} of #{whose}#{where}"
+  end
+
+  defp mfa({m, f, a}), do: "#{inspect(m)}.#{f}/#{a}"
+  defp mfa(_unknown), do: "?"
 end
 
 defmodule PersistBench.Sampler do
@@ -249,7 +269,8 @@ defmodule PersistBench do
 
       sections =
         [environment(config), results_section(results), ratios_section(results)] ++
-          [targets_section(results)] ++ profile ++ sweep ++ [notes_section()]
+          [targets_section(results), long_events_section(results)] ++
+          profile ++ sweep ++ [notes_section()]
 
       elapsed = div(System.monotonic_time(:millisecond) - started, 1000)
       report = Enum.join(sections, "\n") <> "\nTotal benchmark time: #{elapsed} s.\n"
@@ -471,7 +492,7 @@ defmodule PersistBench do
     peaks = Sampler.stop(sampler)
     # A long_schedule event is sent when the worker is scheduled out: wait for that.
     wait_until_waiting(worker)
-    events = Monitor.take()
+    events = Monitor.take(%{worker => "the timed process", sampler => "the memory sampler"})
     send(worker, :post)
 
     posted =
@@ -492,6 +513,7 @@ defmodule PersistBench do
       long_schedule: events.long_schedule,
       long_gc: events.long_gc,
       long_max_ms: events.max_ms,
+      long_events: events.details,
       written: written,
       table_bytes: posted
     }
@@ -635,6 +657,23 @@ defmodule PersistBench do
       %{long_max_ms: ms} when ms > 0 -> " (max #{ms} ms)"
       _ -> ""
     end
+  end
+
+  # Every long_schedule / long_gc event seen while one of our contenders ran, with the
+  # process it concerned and where that process was scheduled in and out.
+  defp long_events_section(results) do
+    lines =
+      for %{n: n, contenders: cs} <- results,
+          {id, %{name: name} = c} <- cs,
+          id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row],
+          kind <- [:persist, :restore],
+          {op, round} <- Enum.with_index(ops(c, kind), 1),
+          event <- Map.get(op, :long_events, []) do
+        "* #{fmt_int(n)} rows, #{name}, #{kind} of round #{round}: #{event}"
+      end
+
+    body = if lines == [], do: "None.", else: Enum.join(lines, "\n")
+    "## Long events during PropertyTable.Persist operations\n\n#{body}\n"
   end
 
   defp ratios_section(results) do
