@@ -21,12 +21,15 @@
 #   --dir PATH            where files are written (default: a fresh directory under the
 #                         system temporary directory, removed afterwards)
 #   --out PATH            Markdown report (default bench/results.md); --no-out to skip
+#   --sample-ms N         memory sampling period (default 1): a longer one disturbs the
+#                         VM less (the sampler wakes a second scheduler) but may miss
+#                         short peaks
 #
 # Every round runs the contenders one after the other (A B C D E A B C D E ...) on the same
 # table; before each round after the first, 0.1% of the rows get new values, as on a device
 # persisting periodically. Each operation runs in a fresh process, while a high-priority
 # sampler polls :erlang.memory(:total), the OS resident set size and the worker's own
-# memory every millisecond, and :erlang.system_monitor counts long_schedule (>= 10 ms) and
+# memory every millisecond (--sample-ms), and :erlang.system_monitor counts long_schedule (>= 10 ms) and
 # long_gc (>= 50 ms) events. Bytes written are the growth of `write_bytes` in
 # /proc/self/io (page-cache pages the VM dirtied, the NIF's writes included). Restores
 # create a new table; its memory is reported separately and subtracted for "restore extra
@@ -110,7 +113,7 @@ end
 
 defmodule PersistBench.Sampler do
   @moduledoc false
-  # Polls memory every millisecond until stopped and reports the peaks.
+  # Polls memory every `period/0` ms until stopped and reports the peaks.
 
   def start(worker) do
     parent = self()
@@ -131,6 +134,8 @@ defmodule PersistBench.Sampler do
     end)
   end
 
+  def period, do: :persistent_term.get({__MODULE__, :period_ms}, 1)
+
   def stop(pid) do
     ref = make_ref()
     send(pid, {:stop, self(), ref})
@@ -149,7 +154,7 @@ defmodule PersistBench.Sampler do
         :file.close(state.statm)
         send(from, {ref, state})
     after
-      1 -> loop(worker, state)
+      period() -> loop(worker, state)
     end
   end
 
@@ -219,7 +224,8 @@ defmodule PersistBench do
           sweep_size: :integer,
           dir: :string,
           out: :string,
-          no_out: :boolean
+          no_out: :boolean,
+          sample_ms: :integer
         ]
       )
 
@@ -257,6 +263,7 @@ defmodule PersistBench do
     }
 
     Logger.configure(level: :warning)
+    :persistent_term.put({Sampler, :period_ms}, max(opts[:sample_ms] || 1, 1))
     Monitor.start()
     File.mkdir_p!(config.dir)
 
@@ -567,7 +574,7 @@ defmodule PersistBench do
     * Erlang/OTP #{:erlang.system_info(:otp_release)} (ERTS #{:erlang.system_info(:version)}), Elixir #{System.version()}
     * Code: commit #{String.trim(rev)}#{if String.trim(dirty) != "", do: " with uncommitted changes in lib/ or native/", else: ""}
     * Command: `#{config.command}`
-    * #{config.runs} measured rounds per size after one warm-up round; seed #{config.seed}
+    * #{config.runs} measured rounds per size after one warm-up round; seed #{config.seed}; memory sampled every #{Sampler.period()} ms
     * Load average (1, 5, 15 min) at the start: #{config.load_start}; at the end: #{loadavg()}.
       Other work on the machine makes single timings noisy: compare contenders within a
       size (they ran interleaved) rather than across reports.
@@ -1015,7 +1022,10 @@ defmodule PersistBench do
     * The floor writes in place too and does no checksumming: nothing crash-safe can beat it.
     * PropertyTable.Persist compresses, hashes and writes on a writer thread of the NIF while
       the calling process reads and encodes the next chunk, so its persist uses two cores
-      when it can get them; the others use one.
+      when it can get them; the others use one. A table of one chunk (1,000 rows here) is
+      written by the commit call itself, with no thread.
+    * Each PropertyTable.Persist long event above is listed with its process; the memory
+      sampler wakes a second scheduler every millisecond (`--sample-ms` changes that).
     * PropertyTable.Persist additionally verifies the previous stable file's checksums before
       keeping it as the backup, fsyncs the directory, and on restore verifies every frame
       before touching the table, then decompresses and checks content hashes.
