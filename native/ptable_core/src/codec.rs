@@ -320,10 +320,6 @@ enum DecoderKind {
 /// Output window of the size check: what it allocates, whatever a frame claims.
 const SIZE_CHECK_WINDOW: usize = 64 << 10;
 
-fn limited_dctx() -> Option<DCtx<'static>> {
-    DCTXS.limited_dctx()
-}
-
 /// The context of the stream the next frame continues (creating it at the stream's first
 /// frame), and moves on to the frame after.
 fn next_stream<'a>(
@@ -334,7 +330,7 @@ fn next_stream<'a>(
     let index = *next % count.max(1);
     // Frames come in order, so a stream's first frame finds all earlier streams created.
     if index == streams.len() {
-        streams.push(limited_dctx()?);
+        streams.push(DCTXS.limited_dctx()?);
     }
     *next += 1;
     streams.get_mut(index)
@@ -527,7 +523,7 @@ impl Decompressor {
         }
         let (dctx, window) = match &mut self.size_check {
             Some(s) => s,
-            None => match limited_dctx() {
+            None => match DCTXS.limited_dctx() {
                 Some(d) => self.size_check.insert((d, vec![0u8; SIZE_CHECK_WINDOW])),
                 None => return false,
             },

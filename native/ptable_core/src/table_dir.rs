@@ -812,6 +812,7 @@ pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
     let _lock = lock_dir(fs, dir)?;
     let stable = TableFile::open(fs, &dir.stable()).ok();
     let stamp = Stamp::now(next_stable_sequence(fs, dir, stable.as_ref()));
+    // Closed before the stable file is renamed to the backup.
     drop(stable);
     let tmp = dir.tmp();
     let result =
