@@ -543,103 +543,59 @@ defmodule PropertyTable.Persist do
     continuation |> :ets.select() |> copy_selected(to)
   end
 
-  # When the order of inserts cannot matter (a :set or :ordered_set that other processes
-  # may write) and there are several chunks, a helper process takes chunks from the same
-  # reader: one process decodes a chunk while the other inserts one, which keeps two cores
-  # busy.
+  # A file of several chunks is streamed: a thread of the NIF reads, decompresses and
+  # decodes the next chunks while this process inserts the current one, and sends each
+  # chunk's rows as a message built outside this process's heap (received without a copy).
+  # Each insert gives the thread a credit for one more chunk, which bounds the rows in
+  # flight. A file of one chunk is decoded by a plain NIF call.
   defp insert_chunks(table, reader, chunks, path, timestamp, safe?) do
-    insert = fn bin, rows ->
-      with {:ok, rows} <- decode_chunk(bin, rows, path, safe?, timestamp) do
-        insert_rows(table, rows)
-      end
-    end
+    if chunks > 1 do
+      tag = make_ref()
 
-    if chunks > 1 and inserts_commute?(table) do
-      caller = self()
-
-      # A helper whose caller died (killed mid-restore) stops instead of going on alone.
-      helper_insert = fn bin, rows ->
-        if Process.alive?(caller),
-          do: insert.(bin, rows),
-          else: {:error, error(:closed, path, :restore_from_disk)}
-      end
-
-      alongside(
-        fn -> each_chunk(reader, path, helper_insert) end,
-        fn -> each_chunk(reader, path, insert) end,
-        path
-      )
-    else
-      each_chunk(reader, path, insert)
-    end
-  end
-
-  defp inserts_commute?(table) do
-    :erlang.system_info(:schedulers_online) > 1 and
-      :ets.info(table, :type) in [:set, :ordered_set] and
-      :ets.info(table, :protection) == :public
-  end
-
-  # Runs `helper_work` in a new process while this one runs `work`. Returns `:ok` when both
-  # returned `:ok`, else the first error; raises what either raised. Returns only once the
-  # helper is gone (killed if `work` failed), with nothing left in the caller's mailbox.
-  defp alongside(helper_work, work, path) do
-    caller = self()
-    {helper, monitor} = spawn_monitor(fn -> send(caller, {self(), catching(helper_work)}) end)
-
-    result =
       try do
-        work.()
-      catch
-        kind, reason ->
-          stop_helper(helper, monitor)
-          :erlang.raise(kind, reason, __STACKTRACE__)
+        with :ok <-
+               native(Native.restore_stream(reader, tag, timestamp, safe?), :restore_from_disk),
+             do: insert_streamed(table, reader, tag, path)
+      after
+        # Stops the thread for good, so no message can come after the flush.
+        Native.restore_close(reader)
+        flush_streamed(tag)
       end
-
-    if result == :ok do
-      await_helper(helper, monitor, path)
     else
-      stop_helper(helper, monitor)
-      result
+      insert_read(table, reader, path, timestamp, safe?)
     end
   end
 
-  # The helper's result, once it has exited (its message arrives before its :DOWN). A
-  # helper killed from outside reports `:closed`.
-  defp await_helper(helper, monitor, path) do
+  defp insert_streamed(table, reader, tag, path) do
     receive do
-      {:DOWN, ^monitor, :process, ^helper, _reason} ->
-        receive do
-          {^helper, {:raised, kind, reason, stacktrace}} ->
-            :erlang.raise(kind, reason, stacktrace)
-
-          {^helper, result} ->
-            result
-        after
-          0 -> {:error, error(:closed, path, :restore_from_disk)}
+      {^tag, next} ->
+        with {:rows, rows} <- next_rows(next, path),
+             :ok <- insert_rows(table, rows) do
+          Native.restore_ack(reader)
+          insert_streamed(table, reader, tag, path)
         end
     end
   end
 
-  defp stop_helper(helper, monitor) do
-    Process.exit(helper, :kill)
-
+  defp flush_streamed(tag) do
     receive do
-      {:DOWN, ^monitor, :process, ^helper, _} -> :ok
-    end
-
-    receive do
-      {^helper, _} -> :ok
+      {^tag, _} -> flush_streamed(tag)
     after
       0 -> :ok
     end
   end
 
-  defp catching(fun) do
-    fun.()
-  catch
-    kind, reason -> {:raised, kind, reason, __STACKTRACE__}
+  defp insert_read(table, reader, path, timestamp, safe?) do
+    with {:rows, rows} <- next_rows(Native.restore_rows(reader, timestamp, safe?), path),
+         :ok <- insert_rows(table, rows),
+         do: insert_read(table, reader, path, timestamp, safe?)
   end
+
+  defp next_rows({:ok, rows}, _path), do: {:rows, rows}
+  defp next_rows(:done, _path), do: :ok
+
+  defp next_rows({:error, reason, error_path}, path),
+    do: {:error, error(reason, error_path || path, :restore_from_disk)}
 
   # The table can be deleted by its owner while rows are going in.
   defp insert_rows(table, rows) do
@@ -648,42 +604,6 @@ defmodule PropertyTable.Persist do
   rescue
     ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
   end
-
-  defp each_chunk(reader, path, fun) do
-    case Native.restore_next(reader) do
-      :done ->
-        :ok
-
-      {:ok, bin, rows} ->
-        with :ok <- fun.(bin, rows), do: each_chunk(reader, path, fun)
-
-      {:error, reason, error_path} ->
-        {:error, error(reason, error_path || path, :restore_from_disk)}
-    end
-  end
-
-  # A chunk is the external term format of a list of {property, value} pairs.
-  defp decode_chunk(bin, expected_rows, path, safe?, timestamp) do
-    pairs = :erlang.binary_to_term(bin, if(safe?, do: [:safe], else: []))
-
-    case to_rows(pairs, timestamp, []) do
-      {:ok, rows} when expected_rows == nil or length(rows) == expected_rows -> {:ok, rows}
-      _ -> {:error, error(:bad_file, path, :restore_from_disk)}
-    end
-  rescue
-    # With :safe, a chunk that fails to decode is reported as :unsafe_term without decoding it
-    # again unsafely to tell the cases apart: that would create the very atoms :safe refuses.
-    # Its checksums matched, so it was written as valid external term format.
-    ArgumentError ->
-      reason = if safe?, do: :unsafe_term, else: :bad_file
-      {:error, error(reason, path, :restore_from_disk)}
-  end
-
-  defp to_rows([{property, value} | rest], ts, acc),
-    do: to_rows(rest, ts, [{property, value, ts} | acc])
-
-  defp to_rows([], _ts, acc), do: {:ok, acc}
-  defp to_rows(_other, _ts, _acc), do: :error
 
   defp warn_failures(failures) do
     Enum.each(failures, fn {reason, path} ->

@@ -398,7 +398,7 @@ defmodule PropertyTable.PersistApiTest do
     end
   end
 
-  describe "restores shared between two processes (public :set and :ordered_set tables)" do
+  describe "streamed restores (files of several chunks)" do
     test "every row arrives, whatever the table's type and access", %{tmp_dir: dir} do
       pairs = for i <- 1..20_000, do: {["k", i], {i, "v#{i}"}}
       source = new_table(pairs)
@@ -419,7 +419,8 @@ defmodule PropertyTable.PersistApiTest do
       assert_mailbox_empty()
     end
 
-    test "a chunk that fails in either process leaves the table as it was", %{tmp_dir: dir} do
+    test "a chunk that fails leaves the table as it was and the mailbox empty",
+         %{tmp_dir: dir} do
       alias PropertyTable.Persist.Native
       File.mkdir_p!(table_dir(dir))
       {:ok, s} = Native.persist_begin(table_dir(dir), 6, 3)
@@ -435,7 +436,8 @@ defmodule PropertyTable.PersistApiTest do
       target = new_table(for i <- 1..5000, do: {["keep", i], i})
       before = :ets.tab2list(target) |> Enum.sort()
 
-      # Which process meets the bad chunk depends on timing: try many times.
+      # How many chunks the reader thread has sent when the bad one comes depends on
+      # timing: try many times.
       for _ <- 1..25 do
         capture_log(fn ->
           assert {:error, :bad_file} = Persist.restore_from_disk(target, opts(dir))

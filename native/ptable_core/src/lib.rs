@@ -3,10 +3,12 @@
 //! filesystem abstraction (`fs::Fs`) that tests can record and break.
 //!
 //! Rows are opaque here: each chunk is the Erlang external term format of a list of
-//! `{property, value}` pairs, encoded and decoded on the BEAM side.
+//! `{property, value}` pairs, encoded and decoded by the VM (`etf` only inflates the
+//! compressed terms of legacy files, which the VM's NIF interface does not decode).
 
 pub mod codec;
 pub mod error;
+pub mod etf;
 pub mod format;
 pub mod fs;
 pub mod inspect;

@@ -3,12 +3,12 @@
 //! `{:error, reason_atom, path | nil}`. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Chunk, Error, FileHeader,
-    PersistSession, Reason, SnapshotId, StdFs, TableDir, TableFile, WriteOptions,
+    inspect_dir, list_snapshots, restore_snapshot, Error, FileHeader, PersistSession, Reason,
+    SnapshotId, StdFs, TableDir, WriteOptions,
 };
-use rustler::{Atom, Binary, Encoder, Env, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -20,8 +20,12 @@ mod atoms {
         nil,
         closed,
         full,
+        bad_file,
+        unsafe_term,
     }
 }
+
+mod restore;
 
 /// A persist in progress (holds the table directory's lock until closed or collected).
 struct SessionResource(Mutex<SessionState>);
@@ -146,31 +150,6 @@ fn start_writer(mut session: Box<PersistSession>) -> ptable_core::Result<Session
 
 #[rustler::resource_impl]
 impl Resource for SessionResource {}
-
-/// A verified file being streamed back by a restore.
-struct ReaderResource(Mutex<Option<ReaderState>>);
-
-/// Chunks the reader thread decodes ahead of the caller: enough to keep it busy while the
-/// caller inserts rows, and a bound on their memory.
-const PREFETCHED_CHUNKS: usize = 2;
-
-type ChunkResult = ptable_core::Result<Option<Chunk<ChunkBinary>>>;
-
-/// A verified file, then (from the first `restore_next`) a thread that reads, decompresses
-/// and checks the next chunks while the caller inserts the current one. Closing (or
-/// collecting) the reader drops the receiver, which ends the thread and closes the file.
-/// A file of one chunk is read by `restore_next` itself: there is nothing to overlap, and
-/// starting a thread was a measurable part of a small table's restore.
-enum ReaderState {
-    Ready(Box<TableFile>),
-    Inline(Box<TableFile>),
-    Prefetching(Receiver<ChunkResult>),
-    /// Every chunk was handed out: later calls (from any process) get `:done`.
-    Done,
-}
-
-#[rustler::resource_impl]
-impl Resource for ReaderResource {}
 
 fn path_from(bin: &Binary) -> PathBuf {
     #[cfg(unix)]
@@ -366,148 +345,6 @@ fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
         let _ = state.drain();
     }
     *state = SessionState::Closed;
-    atoms::ok()
-}
-
-fn path_list<'a>(env: Env<'a>, paths: &[PathBuf]) -> Term<'a> {
-    paths
-        .iter()
-        .map(|p| path_term(env, Some(p)))
-        .collect::<Vec<_>>()
-        .encode(env)
-}
-
-/// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
-/// files aside (keeping `max_quarantined`).
-/// `{:ok, reader, kind, path, failures, quarantined, chunk_count}` or
-/// `{:error, reason, path, failures, quarantined}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'a> {
-    let dir = TableDir::new(path_from(&dir));
-    match open_newest_valid(&StdFs, &dir, Some(max_quarantined)) {
-        Ok(source) => {
-            let path = path_term(env, Some(source.file.path()));
-            let kind = Atom::from_str(env, source.kind.as_str())
-                .map(|a| a.encode(env))
-                .unwrap_or_else(|_| atoms::nil().encode(env));
-            let failures = failure_list(env, &source.failures);
-            let quarantined = path_list(env, &source.quarantined);
-            let chunks = chunk_count(&source.file);
-            let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(ReaderState::Ready(
-                Box::new(source.file),
-            )))));
-            (
-                atoms::ok(),
-                reader,
-                kind,
-                path,
-                failures,
-                quarantined,
-                chunks,
-            )
-                .encode(env)
-        }
-        Err(failure) => (
-            atoms::error(),
-            reason_atom(env, &failure.error),
-            path_term(env, failure.error.path.as_deref()),
-            failure_list(env, &failure.failures),
-            path_list(env, &failure.quarantined),
-        )
-            .encode(env),
-    }
-}
-
-/// A chunk decompressed straight into a binary the VM will own.
-struct ChunkBinary(OwnedBinary);
-
-impl AsMut<[u8]> for ChunkBinary {
-    fn as_mut(&mut self) -> &mut [u8] {
-        self.0.as_mut_slice()
-    }
-}
-
-/// The next chunk: `{:ok, binary, rows | nil}`, `:done`, or an error.
-#[rustler::nif(schedule = "DirtyIo")]
-fn restore_next<'a>(env: Env<'a>, reader: ResourceArc<ReaderResource>) -> Term<'a> {
-    let mut guard = lock(&reader.0);
-    *guard = match guard.take() {
-        Some(ReaderState::Ready(file)) if chunk_count(&file) <= 1 => {
-            Some(ReaderState::Inline(file))
-        }
-        Some(ReaderState::Ready(file)) => match start_reader(*file) {
-            Ok(queue) => Some(ReaderState::Prefetching(queue)),
-            // The file went with the thread that could not start: the reader is closed.
-            Err(e) => return error_term(env, &e),
-        },
-        other => other,
-    };
-    let next = match guard.as_mut() {
-        Some(ReaderState::Inline(file)) => Ok(read_chunk(file)),
-        Some(ReaderState::Prefetching(queue)) => queue.recv(),
-        Some(ReaderState::Done) => return atoms::done().encode(env),
-        _ => return closed_error(env),
-    };
-    match next {
-        Ok(Ok(Some(chunk))) => {
-            let rows = match chunk.rows {
-                Some(n) => n.encode(env),
-                None => atoms::nil().encode(env),
-            };
-            (atoms::ok(), chunk.data.0.release(env), rows).encode(env)
-        }
-        Ok(Ok(None)) => {
-            *guard = Some(ReaderState::Done);
-            atoms::done().encode(env)
-        }
-        Ok(Err(e)) => {
-            *guard = None;
-            error_term(env, &e)
-        }
-        // The thread ended without a last word (it panicked): the reader is closed.
-        Err(_) => {
-            *guard = None;
-            closed_error(env)
-        }
-    }
-}
-
-/// Chunks in a verified file (a legacy file's payload is one).
-fn chunk_count(file: &TableFile) -> u64 {
-    match file.header() {
-        FileHeader::Current(h) => h.chunk_count,
-        FileHeader::Legacy { .. } => 1,
-    }
-}
-
-/// Reads, decompresses and checks the next chunk, straight into a binary the VM will own.
-fn read_chunk(file: &mut TableFile) -> ChunkResult {
-    file.next_chunk(|n| Some(ChunkBinary(OwnedBinary::new(n))))
-}
-
-/// Starts the thread that reads, decompresses and checks the chunks of `file` ahead of
-/// `restore_next`; it ends after the last chunk or an error, or when the receiver is dropped.
-fn start_reader(mut file: TableFile) -> ptable_core::Result<Receiver<ChunkResult>> {
-    let path = file.path().to_path_buf();
-    let (chunks, queue) = sync_channel::<ChunkResult>(PREFETCHED_CHUNKS);
-    std::thread::Builder::new()
-        .name("ptable_reader".into())
-        .spawn(move || loop {
-            let next = read_chunk(&mut file);
-            let last = !matches!(next, Ok(Some(_)));
-            if chunks.send(next).is_err() || last {
-                break;
-            }
-        })
-        .map_err(|e| Error::io(&e, &path))?;
-    Ok(queue)
-}
-
-/// Closes the file early (it is also closed when the reader is collected).
-#[rustler::nif(schedule = "DirtyIo")]
-fn restore_close(reader: ResourceArc<ReaderResource>) -> Atom {
-    let mut guard = lock(&reader.0);
-    drop(guard.take());
     atoms::ok()
 }
 

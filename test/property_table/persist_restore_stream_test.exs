@@ -1,0 +1,115 @@
+defmodule PropertyTable.PersistRestoreStreamTest do
+  @moduledoc """
+  The reader thread of a streamed restore (files of several chunks), driven through the
+  NIF: it is paced by acknowledgements and stops when closed or when its process dies.
+  Not async: the thread count it checks is the whole VM's.
+  """
+  use ExUnit.Case, async: false
+
+  import PropertyTable.Persist.TestHelpers
+
+  alias PropertyTable.Persist
+  alias PropertyTable.Persist.Native
+
+  @moduletag :tmp_dir
+
+  defp opts(dir, extra), do: [data_directory: dir, table_name: "t"] ++ extra
+
+  test "the reader thread sends at most two chunks beyond those acknowledged",
+       %{tmp_dir: dir} do
+    pairs = for i <- 1..50, do: {["k", i], i}
+    :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, chunk_size: 10))
+    {:ok, reader, :stable, _path, [], [], 5} = Native.restore_open(table_dir(dir), 5)
+    tag = make_ref()
+    :ok = Native.restore_stream(reader, tag, 7, false)
+
+    # Unacknowledged, the thread stops after two chunks; each ack lets one more through.
+    assert [{:ok, first}, {:ok, second}] = stream_messages(tag, 2)
+    assert [] = stream_messages(tag, 0)
+    Native.restore_ack(reader)
+    assert [{:ok, third}] = stream_messages(tag, 1)
+    Native.restore_ack(reader)
+    Native.restore_ack(reader)
+    Native.restore_ack(reader)
+    assert [{:ok, fourth}, {:ok, fifth}, :done] = stream_messages(tag, 3)
+
+    rows = first ++ second ++ third ++ fourth ++ fifth
+    assert Enum.all?(rows, &match?({_, _, 7}, &1))
+    assert sort(for {p, v, 7} <- rows, do: {p, v}) == sort(pairs)
+    assert :ok = Native.restore_close(reader)
+    assert_mailbox_empty()
+  end
+
+  test "closing the reader, or the death of its process, stops the thread",
+       %{tmp_dir: dir} do
+    pairs = for i <- 1..50, do: {["k", i], i}
+    :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, chunk_size: 10))
+
+    {:ok, reader, _, _, _, _, 5} = Native.restore_open(table_dir(dir), 5)
+    tag = make_ref()
+    :ok = Native.restore_stream(reader, tag, 0, false)
+    assert [{:ok, _}, {:ok, _}] = stream_messages(tag, 2)
+    # Closed while waiting for a credit: nothing comes after, even with acks.
+    assert :ok = Native.restore_close(reader)
+    assert Native.restore_ack(reader) == :ok
+    assert [] = stream_messages(tag, 0, 50)
+    assert Native.restore_rows(reader, 0, false) == {:error, :closed, nil}
+
+    # A process that dies mid-restore leaves no thread behind.
+    before = reader_threads()
+
+    {pid, monitor} =
+      spawn_monitor(fn ->
+        {:ok, reader, _, _, _, _, _} = Native.restore_open(table_dir(dir), 5)
+        :ok = Native.restore_stream(reader, make_ref(), 0, false)
+        Process.sleep(:infinity)
+      end)
+
+    wait_until(fn -> reader_threads() > before end)
+    Process.exit(pid, :kill)
+    assert_receive {:DOWN, ^monitor, :process, ^pid, :killed}
+    :erlang.garbage_collect()
+    wait_until(fn -> reader_threads() <= before end)
+  end
+
+  # The next `count` messages of a restore stream, then checks that no other one arrives
+  # within `quiet_ms`.
+  defp stream_messages(tag, count, quiet_ms \\ 100) do
+    messages =
+      for _ <- 1..count//1 do
+        receive do
+          {^tag, message} -> message
+        after
+          5000 -> flunk("no message from the reader thread")
+        end
+      end
+
+    receive do
+      {^tag, extra} -> flunk("an unexpected message from the reader thread: #{inspect(extra)}")
+    after
+      quiet_ms -> messages
+    end
+  end
+
+  # Reader threads of the whole VM (Linux names threads in /proc).
+  defp reader_threads do
+    "/proc/self/task"
+    |> File.ls!()
+    |> Enum.count(fn task ->
+      File.read("/proc/self/task/#{task}/comm") == {:ok, "ptable_reader\n"}
+    end)
+  end
+
+  defp wait_until(condition, tries \\ 200) do
+    cond do
+      condition.() -> :ok
+      tries == 0 -> flunk("condition not met within 2 s")
+      true -> wait_and_retry(condition, tries)
+    end
+  end
+
+  defp wait_and_retry(condition, tries) do
+    Process.sleep(10)
+    wait_until(condition, tries - 1)
+  end
+end
