@@ -14,13 +14,15 @@
 //! Each input is written as the stable file of an in-memory table directory (sometimes with
 //! a valid backup beside it, sometimes also as a snapshot) and goes through `TableFile::open`,
 //! `verify(false)`, `verify(true)`, `next_chunk` to the end, `next_stored_frame` to the end,
-//! `copy_to`, `inspect_dir` and `open_newest_valid`. Asserted:
+//! `copy_to`, `inspect_dir` and `open_newest_valid`; a legacy payload that decodes is also
+//! inflated as restore does (`etf::uncompressed_term`). Asserted:
 //!
 //! * no panic (each input runs under `catch_unwind`), no hang (a watchdog fails the run when
 //!   one input takes more than `PTABLE_FUZZ_HANG_SECS`, default 30 s);
 //! * bounded allocation: the live bytes allocated by the core while handling one input stay
 //!   under 16 MiB + 130 x the input's length, whatever the headers claim;
 //! * every error is `bad_file` or `bad_checksum`, and the entry points agree with each other;
+//! * an inflated payload equals a plain inflate of its zlib stream (or both fail);
 //! * when the core returns data, an independent reference decoder written below (slices,
 //!   no code shared with the reader) accepts the file and decodes exactly the same chunks; and
 //!   an input whose checksums were not recomputed decodes to exactly its seed's data.
@@ -542,6 +544,12 @@ fn corpus() -> Vec<Seed> {
     legacy("v1-empty", Vec::new());
     legacy("v1-small", etf_like(&mut rng, 3));
     legacy("v1-2k", etf_like(&mut rng, 60));
+    // property_table writes `term_to_binary(pairs, compressed: 6)`: tag 80, size, zlib.
+    let plain = etf_like(&mut rng, 60);
+    let mut compressed = vec![131, 80];
+    compressed.extend_from_slice(&(plain.len() as u32 - 1).to_be_bytes());
+    compressed.extend_from_slice(&miniz_oxide::deflate::compress_to_vec_zlib(&plain[1..], 6));
+    legacy("v1-compressed", compressed);
     seeds
 }
 
@@ -1300,6 +1308,28 @@ fn read_all(f: &mut TableFile) -> ptable_core::Result<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// `etf::uncompressed_term` against a plain inflate of the same zlib stream.
+fn check_uncompressed_term(term: &[u8]) -> Option<String> {
+    let got = ptable_core::etf::uncompressed_term(term);
+    let want = match term {
+        [131, 80, a, b, c, d, stream @ ..] => {
+            let size = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(stream, size)
+                .ok()
+                .filter(|out| out.len() == size)
+                .map(|out| [&[131u8][..], &out].concat())
+        }
+        _ => Some(term.to_vec()),
+    };
+    (got.as_deref() != want.as_deref()).then(|| {
+        format!(
+            "uncompressed_term gave {:?} bytes, a plain inflate {:?}",
+            got.map(|g| g.len()),
+            want.map(|w| w.len())
+        )
+    })
+}
+
 fn corruption(r: &ptable_core::Result<impl Sized>) -> bool {
     match r {
         Ok(_) => true,
@@ -1350,6 +1380,10 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
             if deep.is_ok() && shallow.is_err() {
                 v.problems
                     .push("verify(true) ok but verify(false) not".into());
+            }
+            // What a restore does next with a legacy payload: inflate a compressed term.
+            for chunk in read.iter().flatten() {
+                v.problems.extend(check_uncompressed_term(chunk));
             }
             if read.is_ok() != deep.is_ok() {
                 v.problems.push(format!(
