@@ -15,8 +15,9 @@ const MAX_DEFLATE_RATIO: u64 = 1032;
 
 /// `term` unchanged when it is not a compressed external term; otherwise the same term
 /// uncompressed (version byte, then the inflated bytes). `None` when a compressed term's
-/// size is implausible, its memory cannot be had, or its zlib stream is damaged, truncated
-/// or of another size than it claims.
+/// size is implausible or its zlib stream is damaged, truncated or of another size than it
+/// claims. Memory grows with the output actually inflated (at most about twice it), never
+/// with the size a damaged header claims.
 pub fn uncompressed_term(term: &[u8]) -> Option<Cow<'_, [u8]>> {
     let [VERSION_MAGIC, COMPRESSED, s0, s1, s2, s3, stream @ ..] = term else {
         return Some(Cow::Borrowed(term));
@@ -26,18 +27,12 @@ pub fn uncompressed_term(term: &[u8]) -> Option<Cow<'_, [u8]>> {
         return None;
     }
     let size = usize::try_from(size).ok()?;
-    let mut out = Vec::new();
-    out.try_reserve_exact(size.checked_add(1)?).ok()?;
-    out.resize(size + 1, 0);
-    out[0] = VERSION_MAGIC;
-    let written = miniz_oxide::inflate::decompress_slice_iter_to_slice(
-        &mut out[1..],
-        std::iter::once(stream),
-        true,
-        false,
-    )
-    .ok()?;
-    (written == size).then_some(Cow::Owned(out))
+    let mut out = miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(stream, size).ok()?;
+    if out.len() != size {
+        return None;
+    }
+    out.insert(0, VERSION_MAGIC);
+    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]

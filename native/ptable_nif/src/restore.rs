@@ -186,11 +186,11 @@ fn restore_rows<'a>(
         Some(ReaderState::Done) => return atoms::done().encode(env),
         _ => return closed_error(env),
     };
-    let (next, end) = next_rows(env, file, &mut Vec::new(), timestamp, safe);
-    match end {
-        None => {}
-        Some(Ok(())) => *guard = Some(ReaderState::Done),
-        Some(Err(())) => *guard = None,
+    let (next, after) = next_rows(env, file, &mut Vec::new(), timestamp, safe);
+    match after {
+        After::More => {}
+        After::Done => *guard = Some(ReaderState::Done),
+        After::Failed => *guard = None,
     }
     next
 }
@@ -311,28 +311,39 @@ fn stream_rows(
 ) {
     let mut buffer = Vec::new();
     while credits.take() {
-        let mut end = None;
+        let mut after = After::Failed;
         let sent = sender.send(|env| {
-            let (next, last) = next_rows(env, &mut file, &mut buffer, timestamp, safe);
-            end = last;
+            let next;
+            (next, after) = next_rows(env, &mut file, &mut buffer, timestamp, safe);
             next
         });
-        if !sent || end.is_some() {
+        if !sent || after != After::More {
             return;
         }
     }
 }
 
+/// What follows the term `next_rows` returned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum After {
+    /// It was a chunk's rows: there may be more.
+    More,
+    /// It was `:done`: every chunk was read and the file's digest matched.
+    Done,
+    /// It was an error: the file is of no further use.
+    Failed,
+}
+
 /// Reads, decompresses, checks and decodes the next chunk into rows in `env` (using
 /// `buffer` for its bytes). Returns the term for the caller (`{:ok, rows}`, `:done` or an
-/// error) and, when there is no next chunk, whether the file ended well.
+/// error) and what follows it.
 fn next_rows<'a>(
     env: Env<'a>,
     file: &mut TableFile,
     buffer: &mut Vec<u8>,
     timestamp: i64,
     safe: bool,
-) -> (Term<'a>, Option<Result<(), ()>>) {
+) -> (Term<'a>, After) {
     let chunk = file.next_chunk(|len| {
         buffer.clear();
         buffer.try_reserve_exact(len).ok()?;
@@ -341,14 +352,14 @@ fn next_rows<'a>(
     });
     match chunk {
         Ok(Some(chunk)) => match chunk_rows(env, chunk.data, timestamp, safe, chunk.rows) {
-            Ok(rows) => ((atoms::ok(), rows).encode(env), None),
+            Ok(rows) => ((atoms::ok(), rows).encode(env), After::More),
             Err(reason) => {
                 let path = path_term(env, Some(file.path()));
-                ((atoms::error(), reason, path).encode(env), Some(Err(())))
+                ((atoms::error(), reason, path).encode(env), After::Failed)
             }
         },
-        Ok(None) => (atoms::done().encode(env), Some(Ok(()))),
-        Err(e) => (error_term(env, &e), Some(Err(()))),
+        Ok(None) => (atoms::done().encode(env), After::Done),
+        Err(e) => (error_term(env, &e), After::Failed),
     }
 }
 
