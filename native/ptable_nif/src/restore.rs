@@ -376,7 +376,8 @@ fn chunk_rows<'a>(
     safe: bool,
     expected_rows: Option<u64>,
 ) -> Result<Term<'a>, Atom> {
-    // Only a legacy file's payload can be compressed.
+    // This library writes chunks uncompressed by term_to_binary; property_table's legacy
+    // payloads are compressed, and enif_binary_to_term does not inflate them.
     let Some(bytes) = uncompressed_term(bytes) else {
         return Err(atoms::bad_file());
     };
@@ -388,8 +389,7 @@ fn chunk_rows<'a>(
         unsafe { env.binary_to_term_trusted(&bytes) }
     };
     let pairs = match decoded {
-        // Like `:erlang.binary_to_term/2`, bytes after the term are ignored (and for a
-        // compressed term, as in a legacy file, the count of bytes used is not exact).
+        // Like `:erlang.binary_to_term/2`, bytes after the term are ignored.
         Some((term, _used)) => term,
         None if safe => return Err(atoms::unsafe_term()),
         None => return Err(atoms::bad_file()),
