@@ -191,6 +191,9 @@ defmodule PersistBench do
     {:floor, "floor: term_to_binary + write + fsync"}
   ]
 
+  # The contenders that run this library.
+  @ours [:ours, :ours_c0, :ours_unchanged, :ours_one_row]
+
   @page_size 4096
 
   # Resident set size, from /proc/self/statm (an open raw file: no file server round trip).
@@ -377,13 +380,13 @@ defmodule PersistBench do
   defp ours_opts(:ours_c0, dir), do: [data_directory: dir, table_name: "t", compression: 0]
   defp ours_opts(_, dir), do: [data_directory: dir, table_name: "t"]
 
-  defp file_of(id, dir) when id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row],
+  defp file_of(id, dir) when id in @ours,
     do: Path.join([dir, "t", "data.ptable"])
 
   defp file_of(:baseline, dir), do: Baseline.stable_path(dir)
   defp file_of(id, dir) when id in [:tab2file, :floor], do: Path.join(dir, "table.bin")
 
-  defp persist(id, table, dir) when id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row] do
+  defp persist(id, table, dir) when id in @ours do
     Persist.persist_to_disk!(table, ours_opts(id, dir))
   end
 
@@ -672,7 +675,7 @@ defmodule PersistBench do
     lines =
       for %{n: n, contenders: cs} <- results,
           {id, %{name: name} = c} <- cs,
-          id in [:ours, :ours_c0, :ours_unchanged, :ours_one_row],
+          id in @ours,
           kind <- [:persist, :restore],
           {op, round} <- Enum.with_index(ops(c, kind), 1),
           event <- Map.get(op, :long_events, []) do
