@@ -9,7 +9,7 @@ use ptable_core::{
 use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 mod atoms {
@@ -249,10 +249,7 @@ fn persist_begin<'a>(
 /// Locks a resource's state, ignoring poisoning: a panic while the lock was held leaves a
 /// state that later calls can still act on (at worst report `closed`).
 fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
-    match state.lock() {
-        Ok(g) => g,
-        Err(poisoned) => poisoned.into_inner(),
-    }
+    state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Runs `f` on the session once the writer thread has written every chunk, or returns the

@@ -15,7 +15,7 @@ use rustler::types::LocalPid;
 use rustler::{Atom, Binary, Encoder, Env, OwnedEnv, Resource, ResourceArc, Term};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 /// Chunks the streaming thread may send beyond those the caller has inserted: enough to
@@ -96,10 +96,11 @@ impl Credits {
                 state.available -= 1;
                 return true;
             }
-            state = match self.changed.wait(state) {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
+            // Poisoning is ignored, as in `lock`.
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
