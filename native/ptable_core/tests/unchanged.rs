@@ -93,12 +93,14 @@ fn a_rotted_stable_file_is_never_kept_because_the_table_looks_unchanged() {
 
 /// Byte ranges of each frame (header and stored bytes) of a version 2 file.
 fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+    use ptable_core::format::{FrameHeader, FRAME_HEADER_LEN, HEADER_AREA_LEN};
     let mut spans = Vec::new();
-    let mut at = 80;
-    while at + 36 <= bytes.len() {
-        let stored = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
-        spans.push(at..at + 36 + stored);
-        at += 36 + stored;
+    let mut at = HEADER_AREA_LEN;
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER_LEN) {
+        let fh = FrameHeader::decode(header, std::path::Path::new("frame")).unwrap();
+        let end = at + FRAME_HEADER_LEN + fh.stored_len as usize;
+        spans.push(at..end);
+        at = end;
     }
     spans
 }
@@ -124,7 +126,7 @@ fn a_changed_table_copies_the_frames_before_its_first_change() {
         for i in 0..changed {
             assert_eq!(before[old[i].clone()], after[new[i].clone()], "frame {i}");
         }
-        let restart = &after[new[changed].start + 36..];
+        let restart = &after[new[changed].start + ptable_core::format::FRAME_HEADER_LEN..];
         assert_eq!(&restart[..3], &ZSTD_END_OF_FRAME, "frame {changed}");
         assert_eq!(&restart[3..7], &[0x28, 0xB5, 0x2F, 0xFD]);
         let mut file = ptable_core::TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
