@@ -1134,9 +1134,10 @@ defmodule PersistBench.Profile do
                 :done ->
                   {:halt, acc}
 
-                {:ok, rows} ->
+                {more, rows} when more in [:ok, :last] ->
                   {ins, true} = t.(fn -> :ets.insert(target, rows) end)
-                  {:cont, %{acc | insert: acc.insert + ins}}
+                  acc = %{acc | insert: acc.insert + ins}
+                  if more == :ok, do: {:cont, acc}, else: {:halt, acc}
               end
             end
           )

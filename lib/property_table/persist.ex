@@ -569,10 +569,18 @@ defmodule PropertyTable.Persist do
   defp insert_streamed(table, reader, tag, path) do
     receive do
       {^tag, next} ->
-        with {:rows, rows} <- next_rows(next, path),
-             :ok <- insert_rows(table, rows) do
-          Native.restore_ack(reader)
-          insert_streamed(table, reader, tag, path)
+        case next_rows(next, path) do
+          {:rows, rows} ->
+            with :ok <- insert_rows(table, rows) do
+              Native.restore_ack(reader)
+              insert_streamed(table, reader, tag, path)
+            end
+
+          {:last, rows} ->
+            insert_rows(table, rows)
+
+          end_or_error ->
+            end_or_error
         end
     end
   end
@@ -586,12 +594,22 @@ defmodule PropertyTable.Persist do
   end
 
   defp insert_read(table, reader, path, timestamp, safe?) do
-    with {:rows, rows} <- next_rows(Native.restore_rows(reader, timestamp, safe?), path),
-         :ok <- insert_rows(table, rows),
-         do: insert_read(table, reader, path, timestamp, safe?)
+    case next_rows(Native.restore_rows(reader, timestamp, safe?), path) do
+      {:rows, rows} ->
+        with :ok <- insert_rows(table, rows),
+             do: insert_read(table, reader, path, timestamp, safe?)
+
+      {:last, rows} ->
+        insert_rows(table, rows)
+
+      end_or_error ->
+        end_or_error
+    end
   end
 
+  # `{:last, rows}`: the file's last chunk, after which the NIF has checked the whole file.
   defp next_rows({:ok, rows}, _path), do: {:rows, rows}
+  defp next_rows({:last, rows}, _path), do: {:last, rows}
   defp next_rows(:done, _path), do: :ok
 
   defp next_rows({:error, reason, error_path}, path),

@@ -31,13 +31,47 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     Native.restore_ack(reader)
     Native.restore_ack(reader)
     Native.restore_ack(reader)
-    assert [{:ok, fourth}, {:ok, fifth}, :done] = stream_messages(tag, 3)
+    # The last chunk comes as :last, the file's end already checked: nothing follows.
+    assert [{:ok, fourth}, {:last, fifth}] = stream_messages(tag, 2)
 
     rows = first ++ second ++ third ++ fourth ++ fifth
     assert Enum.all?(rows, &match?({_, _, 7}, &1))
     assert sort(for {p, v, 7} <- rows, do: {p, v}) == sort(pairs)
     assert :ok = Native.restore_close(reader)
     assert_mailbox_empty()
+  end
+
+  test "a file's last chunk comes as {:last, rows}, after its end was checked",
+       %{tmp_dir: dir} do
+    pairs = for i <- 1..5, do: {["k", i], i}
+    :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, []))
+    {:ok, reader, :stable, path, [], [], 1} = Native.restore_open(table_dir(dir), 5)
+    # A reader with an open file is closed on a dirty scheduler.
+    assert Native.restore_close_nowait(reader) == :busy
+    assert {:last, rows} = Native.restore_rows(reader, 3, false)
+    assert sort(for {p, v, 3} <- rows, do: {p, v}) == sort(pairs)
+    assert Native.restore_rows(reader, 3, false) == :done
+    assert Native.restore_close_nowait(reader) == :ok
+    assert Native.restore_rows(reader, 3, false) == {:error, :closed, nil}
+
+    # The whole-content digest (header bytes 60..75) changed and the header's CRC
+    # recomputed: every CRC still matches, so the file opens, but its rows never come out.
+    <<head::binary-size(60), _digest::binary-size(16), _crc::binary-size(4), rest::binary>> =
+      File.read!(path)
+
+    head = head <> :binary.copy(<<0>>, 16)
+    File.write!(path, [head, <<:erlang.crc32(head)::little-32>>, rest])
+    {:ok, reader, :stable, ^path, [], [], 1} = Native.restore_open(table_dir(dir), 5)
+    assert Native.restore_rows(reader, 3, false) == {:error, :bad_checksum, path}
+    assert :ok = Native.restore_close(reader)
+
+    target = new_table([{:kept, 1}])
+
+    assert ExUnit.CaptureLog.capture_log(fn ->
+             assert {:error, :bad_checksum} = Persist.restore_from_disk(target, opts(dir, []))
+           end) =~ "checksum mismatch"
+
+    assert pairs(target) == [{:kept, 1}]
   end
 
   test "closing the reader, or the death of its process, stops the thread",

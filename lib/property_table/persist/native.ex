@@ -44,7 +44,18 @@ defmodule PropertyTable.Persist.Native do
   def restore_rows(_reader, _timestamp, _safe), do: :erlang.nif_error(:nif_not_loaded)
   def restore_stream(_reader, _tag, _timestamp, _safe), do: :erlang.nif_error(:nif_not_loaded)
   def restore_ack(_reader), do: :erlang.nif_error(:nif_not_loaded)
-  def restore_close(_reader), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Closes a reader on the normal scheduler when it holds nothing any more (the last chunk
+  # was handed out), else on a dirty one (closing its file, stopping its thread).
+  def restore_close(reader) do
+    case restore_close_nowait(reader) do
+      :busy -> restore_close_wait(reader)
+      result -> result
+    end
+  end
+
+  def restore_close_nowait(_reader), do: :erlang.nif_error(:nif_not_loaded)
+  def restore_close_wait(_reader), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)
   def inspect(_dir, _verify), do: :erlang.nif_error(:nif_not_loaded)

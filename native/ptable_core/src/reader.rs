@@ -148,6 +148,15 @@ impl TableFile {
         &self.header
     }
 
+    /// Chunks that [`next_chunk`](Self::next_chunk) has not returned yet, as the header
+    /// counts them (a legacy file's payload is one chunk).
+    pub fn chunks_left(&self) -> u64 {
+        match self.header {
+            FileHeader::Current(h) => h.chunk_count.saturating_sub(self.cursor.frames),
+            FileHeader::Legacy { .. } => u64::from(!self.cursor.done),
+        }
+    }
+
     /// Goes back to the first chunk.
     pub fn rewind(&mut self) -> Result<()> {
         if let Some(d) = &mut self.decompressor {

@@ -104,6 +104,31 @@ fn every_bit_flip_is_rejected() {
 }
 
 #[test]
+fn chunks_left_counts_down_to_the_end_and_back_after_a_rewind() {
+    let fs = std_fs();
+    for count in [0usize, 1, 3] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = TableDir::new(tmp.path().join("t"));
+        persist(&fs, &dir, &chunks(count, 100, 3), 6);
+        let mut file = TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
+        for left in (0..count as u64).rev() {
+            assert!(file.next_chunk(|n| Some(vec![0u8; n])).unwrap().is_some());
+            assert_eq!(file.chunks_left(), left, "count {count}");
+        }
+        assert!(file.next_chunk(|n| Some(vec![0u8; n])).unwrap().is_none());
+        file.rewind().unwrap();
+        assert_eq!(file.chunks_left(), count as u64);
+    }
+    let legacy = tempfile::tempdir().unwrap();
+    let path = legacy.path().join("legacy");
+    std::fs::write(&path, encode_legacy(b"\x83j")).unwrap();
+    let mut file = TableFile::open(fs.as_ref(), &path).unwrap();
+    assert_eq!(file.chunks_left(), 1);
+    assert!(file.next_chunk(|n| Some(vec![0u8; n])).unwrap().is_some());
+    assert_eq!(file.chunks_left(), 0);
+}
+
+#[test]
 fn legacy_files_decode_and_are_checked() {
     let payload = b"\x83l\x00\x00\x00\x00j".to_vec();
     let bytes = encode_legacy(&payload);

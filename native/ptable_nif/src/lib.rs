@@ -17,9 +17,11 @@ mod atoms {
         ok,
         error,
         done,
+        last,
         nil,
         closed,
         full,
+        busy,
         bad_file,
         unsafe_term,
     }

@@ -1,5 +1,7 @@
 //! Restore NIFs: open the newest valid file, then hand its chunks to the caller as lists of
-//! `{property, value, timestamp}` rows, ready for `:ets.insert/2`.
+//! `{property, value, timestamp}` rows, ready for `:ets.insert/2`. The last chunk's rows
+//! come as `{:last, rows}` once the end of the file has been checked too, which spares a
+//! final call or message.
 //!
 //! A file of several chunks is streamed: a thread reads, decompresses, checks and decodes
 //! the next chunks and sends each one's rows to the caller as a message, while the caller
@@ -172,8 +174,10 @@ fn chunk_count(file: &TableFile) -> u64 {
     }
 }
 
-/// The next chunk's rows, each with `timestamp`: `{:ok, rows}`, `:done`, or an error. With
-/// `safe`, terms are decoded like `:erlang.binary_to_term(bin, [:safe])`.
+/// The next chunk's rows, each with `timestamp`: `{:ok, rows}` (more chunks follow),
+/// `{:last, rows}` (the last chunk, and the whole file checked), `:done` (a file of no
+/// chunks, or every chunk handed out), or an error. With `safe`, terms are decoded like
+/// `:erlang.binary_to_term(bin, [:safe])`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_rows<'a>(
     env: Env<'a>,
@@ -197,7 +201,8 @@ fn restore_rows<'a>(
 }
 
 /// Starts the thread that sends the rows of every chunk to the calling process as
-/// `{tag, {:ok, rows}}` messages, then one `{tag, :done}` or `{tag, {:error, reason, path}}`.
+/// `{tag, {:ok, rows}}` messages and the last chunk's as `{tag, {:last, rows}}` (see
+/// `restore_rows`), or stops at the first `{tag, {:error, reason, path}}`.
 /// It sends at most `STREAMED_CHUNKS` chunks beyond those acknowledged with `restore_ack`.
 /// Returns `:ok` or an error.
 #[rustler::nif(schedule = "DirtyIo")]
@@ -265,10 +270,25 @@ fn restore_ack(reader: ResourceArc<ReaderResource>) -> Atom {
     atoms::ok()
 }
 
+/// Closes a reader that holds neither a file nor a thread (every chunk was handed out, or
+/// it is closed already) without leaving the normal scheduler: `:ok`, or `:busy` when
+/// `restore_close_wait` must do it.
+#[rustler::nif]
+fn restore_close_nowait(reader: ResourceArc<ReaderResource>) -> Atom {
+    let mut state = lock(&reader.0);
+    match *state {
+        Some(ReaderState::Ready(_) | ReaderState::Streaming(_)) => atoms::busy(),
+        Some(ReaderState::Done) | None => {
+            *state = None;
+            atoms::ok()
+        }
+    }
+}
+
 /// Closes the file early (it is also closed when the reader is collected). A streaming
 /// thread is stopped and waited for: it sends nothing after this returns.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_close(reader: ResourceArc<ReaderResource>) -> Atom {
+fn restore_close_wait(reader: ResourceArc<ReaderResource>) -> Atom {
     let state = lock(&reader.0).take();
     if let Some(ReaderState::Streaming(stream)) = state {
         stream.stop();
@@ -351,15 +371,32 @@ fn next_rows<'a>(
         buffer.resize(len, 0);
         Some(buffer.as_mut_slice())
     });
-    match chunk {
-        Ok(Some(chunk)) => match chunk_rows(env, chunk.data, timestamp, safe, chunk.rows) {
-            Ok(rows) => ((atoms::ok(), rows).encode(env), After::More),
-            Err(reason) => {
-                let path = path_term(env, Some(file.path()));
-                ((atoms::error(), reason, path).encode(env), After::Failed)
-            }
-        },
-        Ok(None) => (atoms::done().encode(env), After::Done),
+    let rows = match chunk {
+        Ok(Some(chunk)) => chunk_rows(env, chunk.data, timestamp, safe, chunk.rows),
+        Ok(None) => return (atoms::done().encode(env), After::Done),
+        Err(e) => return (error_term(env, &e), After::Failed),
+    };
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(reason) => {
+            let path = path_term(env, Some(file.path()));
+            return ((atoms::error(), reason, path).encode(env), After::Failed);
+        }
+    };
+    if file.chunks_left() > 0 {
+        return ((atoms::ok(), rows).encode(env), After::More);
+    }
+    // The last chunk: the file's end (its totals and whole-content digest) is checked now,
+    // so the caller needs no further call or message to learn that the file was whole.
+    match file.next_chunk(|_| None::<Vec<u8>>) {
+        Ok(None) => ((atoms::last(), rows).encode(env), After::Done),
+        Ok(Some(_)) => {
+            let path = path_term(env, Some(file.path()));
+            (
+                (atoms::error(), atoms::bad_file(), path).encode(env),
+                After::Failed,
+            )
+        }
         Err(e) => (error_term(env, &e), After::Failed),
     }
 }
