@@ -91,6 +91,32 @@ fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 
 struct StdReadFile(File);
 
+/// Opens `path` for reading without updating its access time where the OS allows it.
+///
+/// An access-time update is a write: the inode's block is dirtied and later written to
+/// storage. Under `relatime` (Linux's default), the first read of a file after it was
+/// written or renamed updates it, so an unchanged persist (which reads the stable file and
+/// the backup's header) and every restore would otherwise cost flash a write now and then.
+/// `O_NOATIME` is refused (`EPERM`) for files of another user without `CAP_FOWNER`: those
+/// are read the ordinary way.
+#[cfg(target_os = "linux")]
+fn open_for_reading(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+    {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+        result => result,
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_for_reading(path: &Path) -> io::Result<File> {
+    File::open(path)
+}
+
 impl Read for StdReadFile {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf)
@@ -124,7 +150,7 @@ impl Fs for StdFs {
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
-        let file = File::open(path)?;
+        let file = open_for_reading(path)?;
         if file.metadata()?.is_dir() {
             return Err(io::Error::from(io::ErrorKind::IsADirectory));
         }

@@ -48,6 +48,43 @@ fn an_unchanged_table_writes_nothing() {
     );
 }
 
+/// Sets the access time of `path` two days back (before its modification time), where
+/// `relatime` updates it on the next ordinary read; returns the time set.
+fn age_access_time(path: &std::path::Path) -> std::time::SystemTime {
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_times(std::fs::FileTimes::new().set_accessed(old))
+        .unwrap();
+    std::fs::metadata(path).unwrap().accessed().unwrap()
+}
+
+#[test]
+fn an_unchanged_table_does_not_even_update_access_times() {
+    let data = property_like_chunks(5, 50);
+    let (tmp, dir, fs) = setup(&property_like_chunks(4, 50));
+    assert_eq!(persist_outcome(&fs, &dir, &data, 6), CommitOutcome::Written);
+    // Does this filesystem update access times on reads at all?
+    let control = tmp.path().join("control");
+    std::fs::write(&control, b"x").unwrap();
+    let aged = age_access_time(&control);
+    std::fs::read(&control).unwrap();
+    if std::fs::metadata(&control).unwrap().accessed().unwrap() == aged {
+        println!("skipped: reads do not update access times on this filesystem (noatime)");
+        return;
+    }
+    // An access-time update is an inode write that reaches storage later: the persist
+    // below reads the whole stable file and the backup's header.
+    let stable = age_access_time(&dir.stable());
+    let backup = age_access_time(&dir.backup());
+    assert_eq!(
+        persist_outcome(&fs, &dir, &data, 6),
+        CommitOutcome::Unchanged
+    );
+    let accessed = |p: &std::path::Path| std::fs::metadata(p).unwrap().accessed().unwrap();
+    assert_eq!(accessed(&dir.stable()), stable);
+    assert_eq!(accessed(&dir.backup()), backup);
+}
+
 #[test]
 fn any_difference_writes_a_complete_new_file() {
     let data = property_like_chunks(5, 50);
