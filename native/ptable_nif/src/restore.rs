@@ -17,7 +17,7 @@ use rustler::types::LocalPid;
 use rustler::{Atom, Binary, Encoder, Env, OwnedEnv, Resource, ResourceArc, Term};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 
 /// Chunks the streaming thread may send beyond those the caller has inserted: enough to
@@ -275,7 +275,12 @@ fn restore_ack(reader: ResourceArc<ReaderResource>) -> Atom {
 /// `restore_close_wait` must do it.
 #[rustler::nif]
 fn restore_close_nowait(reader: ResourceArc<ReaderResource>) -> Atom {
-    let mut state = lock(&reader.0);
+    // Never wait for the lock here: a dirty call may hold it while it decodes a chunk.
+    let mut state = match reader.0.try_lock() {
+        Ok(state) => state,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return atoms::busy(),
+    };
     match *state {
         Some(ReaderState::Ready(_) | ReaderState::Streaming(_)) => atoms::busy(),
         Some(ReaderState::Done) | None => {
