@@ -95,7 +95,7 @@ defmodule PropertyTable.Persist do
   def persist_to_disk(table, options \\ []) do
     opts = Options.validate!(table, options)
 
-    case write_table(table, opts, :persist_to_disk, fn _session -> :ok end) do
+    case write_table(table, opts, :persist_to_disk, nil) do
       :ok -> :ok
       {:error, error} -> log_and_return(error, :error)
     end
@@ -114,7 +114,7 @@ defmodule PropertyTable.Persist do
   @spec persist_to_disk!(table(), keyword()) :: :ok
   def persist_to_disk!(table, options \\ []) do
     opts = Options.validate!(table, options)
-    table |> write_table(opts, :persist_to_disk, fn _session -> :ok end) |> unwrap!()
+    table |> write_table(opts, :persist_to_disk, nil) |> unwrap!()
   end
 
   @doc """
@@ -341,7 +341,8 @@ defmodule PropertyTable.Persist do
   ## Persist
 
   # Streams the table into a new file under the directory lock, commits it, then runs
-  # `after_commit` (a snapshot) while still holding the lock.
+  # `after_commit` (a snapshot) while still holding the lock. Without `after_commit`, the
+  # commit itself ends the session (releasing the lock), so closing it takes no dirty call.
   defp write_table(table, opts, operation, after_commit) do
     with {:ok, rows} <- table_size(table, operation),
          {:ok, session} <-
@@ -352,8 +353,8 @@ defmodule PropertyTable.Persist do
            ) do
       try do
         with :ok <- stream_table(table, session, opts, operation),
-             :ok <- native(Native.persist_commit(session), operation) do
-          after_commit.(session)
+             :ok <- native(Native.persist_commit(session, after_commit == nil), operation) do
+          if after_commit, do: after_commit.(session), else: :ok
         end
       after
         Native.persist_close(session)

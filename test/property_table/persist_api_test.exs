@@ -636,6 +636,26 @@ defmodule PropertyTable.PersistApiTest do
       :ok = Native.persist_close(s)
       assert {:ok, sort(realistic_pairs(5, 2))} == restore_fresh(opts(dir))
     end
+
+    # A releasing commit (persist_to_disk's) ends the session and frees the lock at once,
+    # so closing it needs no dirty call; a plain one keeps both for a snapshot.
+    for chunks <- [1, 3] do
+      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
+      assert :ok = Native.persist_commit(s, false)
+      assert Native.persist_close_nowait(s) == :busy
+      assert {:error, :busy, _} = Native.persist_begin(table_dir(dir), 6, 5)
+      :ok = Native.persist_close(s)
+
+      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
+      assert :ok = Native.persist_commit(s, true)
+      assert Native.persist_close_nowait(s) == :ok
+      {:ok, other} = Native.persist_begin(table_dir(dir), 6, 5)
+      :ok = Native.persist_close(other)
+      assert Native.persist_commit(s) == {:error, :closed, nil}
+      assert {:ok, sort(realistic_pairs(5, 2))} == restore_fresh(opts(dir))
+    end
   end
 
   test "a lock held elsewhere makes a writer wait, and :busy after :lock_timeout",

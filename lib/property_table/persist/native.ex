@@ -37,9 +37,22 @@ defmodule PropertyTable.Persist.Native do
 
   def persist_append_nowait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
   def persist_append_wait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
-  def persist_commit(_session), do: :erlang.nif_error(:nif_not_loaded)
+  # With `release`, the commit also ends the session (as `persist_close` would).
+  def persist_commit(session), do: persist_commit(session, false)
+  def persist_commit(_session, _release), do: :erlang.nif_error(:nif_not_loaded)
   def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)
-  def persist_close(_session), do: :erlang.nif_error(:nif_not_loaded)
+
+  # Closes a session on the normal scheduler when it is over already (a releasing commit),
+  # else on a dirty one (waiting for the writer thread, removing the tmp file).
+  def persist_close(session) do
+    case persist_close_nowait(session) do
+      :busy -> persist_close_wait(session)
+      result -> result
+    end
+  end
+
+  def persist_close_nowait(_session), do: :erlang.nif_error(:nif_not_loaded)
+  def persist_close_wait(_session), do: :erlang.nif_error(:nif_not_loaded)
   def restore_open(_dir, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
   def restore_rows(_reader, _timestamp, _safe), do: :erlang.nif_error(:nif_not_loaded)
   def restore_stream(_reader, _tag, _timestamp, _safe), do: :erlang.nif_error(:nif_not_loaded)

@@ -313,10 +313,20 @@ fn append_result<'a>(env: Env<'a>, result: ptable_core::Result<bool>) -> Term<'a
 }
 
 /// Finishes the file and installs it as the stable file (or finds the table unchanged).
+/// With `release`, then ends the session whatever the outcome, as `persist_close` would:
+/// a persist without a snapshot needs no further dirty call.
 #[rustler::nif(schedule = "DirtyIo")]
-fn persist_commit<'a>(env: Env<'a>, session: ResourceArc<SessionResource>) -> Term<'a> {
+fn persist_commit<'a>(
+    env: Env<'a>,
+    session: ResourceArc<SessionResource>,
+    release: bool,
+) -> Term<'a> {
     // An unchanged table (nothing written) is as much a success as a new file.
-    with_session(env, &session, |s| ok_or_error(env, s.commit().map(|_| ())))
+    let result = with_session(env, &session, |s| ok_or_error(env, s.commit().map(|_| ())));
+    if release {
+        close_session(&session);
+    }
+    result
 }
 
 /// After a commit: copies the stable file to a new snapshot, applies retention.
@@ -336,14 +346,30 @@ fn persist_snapshot<'a>(
 
 /// Ends the session: waits for the writer thread, removes an uncommitted tmp file and
 /// releases the lock.
-#[rustler::nif(schedule = "DirtyIo")]
-fn persist_close(session: ResourceArc<SessionResource>) -> Atom {
+fn close_session(session: &SessionResource) {
     let mut state = lock(&session.0);
     // A held chunk is dropped, not written; a writer thread is waited for.
     if !matches!(*state, SessionState::Holding(..)) {
         let _ = state.drain();
     }
     *state = SessionState::Closed;
+}
+
+/// `:ok` for a session that is over already (closed, or released by its commit) without
+/// leaving the normal scheduler, else `:busy`: `persist_close_wait` must end it.
+#[rustler::nif]
+fn persist_close_nowait(session: ResourceArc<SessionResource>) -> Atom {
+    // Never wait for the lock here: a dirty call may hold it while it writes.
+    match session.0.try_lock() {
+        Ok(state) if matches!(*state, SessionState::Closed) => atoms::ok(),
+        _ => atoms::busy(),
+    }
+}
+
+/// See `close_session`.
+#[rustler::nif(schedule = "DirtyIo")]
+fn persist_close_wait(session: ResourceArc<SessionResource>) -> Atom {
+    close_session(&session);
     atoms::ok()
 }
 
