@@ -29,14 +29,14 @@ defmodule PropertyTable.Persist.Native do
   # Queues a chunk for the writer thread. The usual case (room in the queue) stays on the
   # normal scheduler; only a full queue waits, on a dirty scheduler.
   def persist_append(session, chunk, rows) do
-    case persist_append_nowait(session, chunk, rows) do
-      :full -> persist_append_wait(session, chunk, rows)
-      result -> result
-    end
+    session
+    |> persist_append_nowait(chunk, rows)
+    |> or_dirty(:full, fn -> persist_append_wait(session, chunk, rows) end)
   end
 
   def persist_append_nowait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
   def persist_append_wait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
+
   # With `release`, the commit also ends the session (as `persist_close` would).
   def persist_commit(session), do: persist_commit(session, false)
   def persist_commit(_session, _release), do: :erlang.nif_error(:nif_not_loaded)
@@ -45,10 +45,7 @@ defmodule PropertyTable.Persist.Native do
   # Closes a session on the normal scheduler when it is over already (a releasing commit),
   # else on a dirty one (waiting for the writer thread, removing the tmp file).
   def persist_close(session) do
-    case persist_close_nowait(session) do
-      :busy -> persist_close_wait(session)
-      result -> result
-    end
+    session |> persist_close_nowait() |> or_dirty(:busy, fn -> persist_close_wait(session) end)
   end
 
   def persist_close_nowait(_session), do: :erlang.nif_error(:nif_not_loaded)
@@ -61,10 +58,7 @@ defmodule PropertyTable.Persist.Native do
   # Closes a reader on the normal scheduler when it holds nothing any more (the last chunk
   # was handed out), else on a dirty one (closing its file, stopping its thread).
   def restore_close(reader) do
-    case restore_close_nowait(reader) do
-      :busy -> restore_close_wait(reader)
-      result -> result
-    end
+    reader |> restore_close_nowait() |> or_dirty(:busy, fn -> restore_close_wait(reader) end)
   end
 
   def restore_close_nowait(_reader), do: :erlang.nif_error(:nif_not_loaded)
@@ -72,4 +66,8 @@ defmodule PropertyTable.Persist.Native do
   def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
   def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)
   def inspect(_dir, _verify), do: :erlang.nif_error(:nif_not_loaded)
+
+  # The answer of a normal-scheduler attempt, or, when it was `not_now`, the dirty call's.
+  defp or_dirty(not_now, not_now, dirty_call), do: dirty_call.()
+  defp or_dirty(result, _not_now, _dirty_call), do: result
 end
