@@ -569,20 +569,11 @@ defmodule PropertyTable.Persist do
 
   defp insert_streamed(table, reader, tag, path) do
     receive do
-      {^tag, next} ->
-        case next_rows(next, path) do
-          {:rows, rows} ->
-            with :ok <- insert_rows(table, rows) do
-              Native.restore_ack(reader)
-              insert_streamed(table, reader, tag, path)
-            end
-
-          {:last, rows} ->
-            insert_rows(table, rows)
-
-          end_or_error ->
-            end_or_error
-        end
+      {^tag, answer} ->
+        insert_answer(table, answer, path, fn ->
+          Native.restore_ack(reader)
+          insert_streamed(table, reader, tag, path)
+        end)
     end
   end
 
@@ -595,25 +586,23 @@ defmodule PropertyTable.Persist do
   end
 
   defp insert_read(table, reader, path, timestamp, safe?) do
-    case next_rows(Native.restore_rows(reader, timestamp, safe?), path) do
-      {:rows, rows} ->
-        with :ok <- insert_rows(table, rows),
-             do: insert_read(table, reader, path, timestamp, safe?)
+    answer = Native.restore_rows(reader, timestamp, safe?)
 
-      {:last, rows} ->
-        insert_rows(table, rows)
-
-      end_or_error ->
-        end_or_error
-    end
+    insert_answer(table, answer, path, fn ->
+      insert_read(table, reader, path, timestamp, safe?)
+    end)
   end
 
-  # `{:last, rows}`: the file's last chunk, after which the NIF has checked the whole file.
-  defp next_rows({:ok, rows}, _path), do: {:rows, rows}
-  defp next_rows({:last, rows}, _path), do: {:last, rows}
-  defp next_rows(:done, _path), do: :ok
+  # Inserts the rows of one answer of the NIF (a call's or the thread's), then runs `more`
+  # unless they were the file's last (`{:last, rows}`: the NIF has checked the whole file).
+  defp insert_answer(table, {:ok, rows}, _path, more) do
+    with :ok <- insert_rows(table, rows), do: more.()
+  end
 
-  defp next_rows({:error, reason, error_path}, path),
+  defp insert_answer(table, {:last, rows}, _path, _more), do: insert_rows(table, rows)
+  defp insert_answer(_table, :done, _path, _more), do: :ok
+
+  defp insert_answer(_table, {:error, reason, error_path}, path, _more),
     do: {:error, error(reason, error_path || path, :restore_from_disk)}
 
   # The table can be deleted by its owner while rows are going in. `:ets.insert/2` charges
