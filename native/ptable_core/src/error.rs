@@ -15,6 +15,10 @@ pub enum Reason {
     BadFile,
     /// A snapshot id that is not exactly 16 uppercase hexadecimal characters.
     InvalidSnapshotId,
+    /// A FIFO, socket, device or directory where a table file (or the lock file) belongs, or
+    /// a symlink where the library writes: never opened in a way that could block, and
+    /// treated as a bad file.
+    NotARegularFile,
     /// Another writer holds the table directory's lock.
     Busy,
     /// The session was already committed, closed or aborted.
@@ -31,15 +35,20 @@ impl Reason {
             Reason::BadChecksum => "bad_checksum",
             Reason::BadFile => "bad_file",
             Reason::InvalidSnapshotId => "invalid_snapshot_id",
+            Reason::NotARegularFile => "not_a_regular_file",
             Reason::Busy => "busy",
             Reason::Closed => "closed",
             Reason::Os(name) => name,
         }
     }
 
-    /// True for reasons that mean "the bytes on disk are not a valid table file".
+    /// True for reasons that mean "what is on disk is not a valid table file": corrupt bytes,
+    /// or not a regular file at all (moved aside like a corrupt file).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, Reason::BadChecksum | Reason::BadFile)
+        matches!(
+            self,
+            Reason::BadChecksum | Reason::BadFile | Reason::NotARegularFile
+        )
     }
 }
 
@@ -84,6 +93,9 @@ impl std::error::Error for Error {}
 /// Maps an I/O error to the POSIX name Erlang's `file` module would use.
 pub fn reason_of_io(err: &io::Error) -> Reason {
     use io::ErrorKind as K;
+    if crate::fs::is_not_a_regular_file(err) {
+        return Reason::NotARegularFile;
+    }
     if let Some(name) = err.raw_os_error().and_then(errno_name) {
         return if name == "enoent" {
             Reason::Enoent
@@ -187,6 +199,10 @@ mod tests {
         assert_eq!(
             Error::io(&io::Error::other("x"), p).reason,
             Reason::Os("eio")
+        );
+        assert_eq!(
+            Error::io(&crate::fs::not_a_regular_file(), p).reason,
+            Reason::NotARegularFile
         );
     }
 

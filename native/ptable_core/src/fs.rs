@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -36,9 +38,12 @@ pub struct EntryMeta {
 
 /// The filesystem as the protocols see it.
 pub trait Fs: Send + Sync {
-    /// Creates (or truncates) a file for writing.
+    /// Creates a new, empty file for writing. Whatever entry had that name (a file, a FIFO,
+    /// a socket, a symlink: never followed) is removed first; a directory there fails with
+    /// [`not_a_regular_file`].
     fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>>;
-    /// Opens an existing file for reading.
+    /// Opens an existing regular file for reading, through symlinks. Anything else (a FIFO,
+    /// a socket, a device, a directory) fails with [`not_a_regular_file`] without blocking.
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>>;
     /// Atomically replaces `to` with `from`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
@@ -52,7 +57,33 @@ pub trait Fs: Send + Sync {
     fn metadata(&self, path: &Path) -> io::Result<EntryMeta>;
     /// Takes an exclusive lock on `path` (created if missing) without waiting:
     /// `ErrorKind::WouldBlock` when another holder has it, in this OS process or another.
+    /// Anything but a regular file there (a symlink included) fails with
+    /// [`not_a_regular_file`].
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>>;
+}
+
+/// The error of a file that is not a regular file where the library expects one: a FIFO
+/// (whose open would wait for a writer for ever), a socket, a device, a directory, or a
+/// symlink where the library writes. Converted to [`crate::Reason::NotARegularFile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotARegularFile;
+
+impl std::fmt::Display for NotARegularFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a regular file")
+    }
+}
+
+impl std::error::Error for NotARegularFile {}
+
+/// An I/O error carrying [`NotARegularFile`].
+pub fn not_a_regular_file() -> io::Error {
+    io::Error::other(NotARegularFile)
+}
+
+/// Whether `err` was made by [`not_a_regular_file`].
+pub fn is_not_a_regular_file(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|e| e.is::<NotARegularFile>())
 }
 
 /// The real filesystem.
@@ -91,7 +122,25 @@ fn write_all_at(mut file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 
 struct StdReadFile(File);
 
-/// Opens `path` for reading without updating its access time where the OS allows it.
+/// Opens `path` for reading if it is a regular file, following symlinks (see
+/// [`Fs::open`]).
+///
+/// The type is checked before opening, so that no FIFO (whose open waits for a writer) and
+/// no device (whose open may act: a watchdog device arms) is ever opened, and again on the
+/// opened descriptor, in case the entry was replaced in between; the open itself does not
+/// block (`O_NONBLOCK`, cleared once the file is known to be regular).
+fn open_regular_for_reading(path: &Path) -> io::Result<File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_a_regular_file());
+    }
+    let file = open_for_reading(path)?;
+    ensure_regular(&file)?;
+    clear_nonblocking(&file)?;
+    Ok(file)
+}
+
+/// Opens `path` for reading without blocking and without updating its access time where the
+/// OS allows it.
 ///
 /// An access-time update is a write: the inode's block is dirtied and later written to
 /// storage. Under `relatime` (Linux's default), the first read of a file after it was
@@ -101,20 +150,123 @@ struct StdReadFile(File);
 /// are read the ordinary way.
 #[cfg(target_os = "linux")]
 fn open_for_reading(path: &Path) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOATIME)
-        .open(path)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => File::open(path),
+    let open = |flags| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | flags)
+            .open(path)
+    };
+    match open(libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
         result => result,
     }
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(all(unix, not(target_os = "linux")))]
+fn open_for_reading(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+}
+
+#[cfg(not(unix))]
 fn open_for_reading(path: &Path) -> io::Result<File> {
     File::open(path)
+}
+
+fn ensure_regular(file: &File) -> io::Result<()> {
+    if file.metadata()?.is_file() {
+        Ok(())
+    } else {
+        Err(not_a_regular_file())
+    }
+}
+
+/// Makes reads and writes of an opened file blocking again (the file was opened with
+/// `O_NONBLOCK` only so that the open could not wait).
+#[cfg(unix)]
+fn clear_nonblocking(file: &File) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor owned by `file` for the duration of both calls;
+    // F_GETFL and F_SETFL take and return plain integers.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn clear_nonblocking(_file: &File) -> io::Result<()> {
+    Ok(())
+}
+
+/// `O_NOFOLLOW | O_NONBLOCK` where they exist: the last component is never a symlink
+/// followed, and no open waits.
+#[cfg(unix)]
+fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+}
+
+#[cfg(not(unix))]
+fn no_follow(options: &mut OpenOptions) -> &mut OpenOptions {
+    options
+}
+
+/// Creates `path` as a new file, never following or writing into what was there (see
+/// [`Fs::create`]). `create_new` is `O_CREAT | O_EXCL`, which fails on any existing entry,
+/// a dangling symlink included, so an entry that reappears after the removal is an error
+/// (`eexist`), never followed.
+fn create_new_file(path: &Path) -> io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => return Err(not_a_regular_file()),
+        Ok(_) => match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let file = no_follow(OpenOptions::new().write(true).create_new(true)).open(path)?;
+    clear_nonblocking(&file)?;
+    Ok(file)
+}
+
+/// Opens (creating if missing) the lock file, which must be a regular file and not a
+/// symlink: the lock is shared with other writers, so whatever is there is refused rather
+/// than replaced (two writers replacing it at once could each lock a file of their own).
+fn open_lock_file(path: &Path) -> io::Result<File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(not_a_regular_file()),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = no_follow(
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false),
+    )
+    .open(path)?;
+    ensure_regular(&file)?;
+    clear_nonblocking(&file)?;
+    Ok(file)
+}
+
+/// Opens a directory to fsync it; `O_DIRECTORY` refuses anything else before opening it.
+#[cfg(unix)]
+fn open_dir(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(path)
 }
 
 impl Read for StdReadFile {
@@ -141,20 +293,11 @@ impl LockGuard for StdLock {}
 
 impl Fs for StdFs {
     fn create(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)?;
-        Ok(Box::new(StdWriteFile(file)))
+        Ok(Box::new(StdWriteFile(create_new_file(path)?)))
     }
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
-        let file = open_for_reading(path)?;
-        if file.metadata()?.is_dir() {
-            return Err(io::Error::from(io::ErrorKind::IsADirectory));
-        }
-        Ok(Box::new(StdReadFile(file)))
+        Ok(Box::new(StdReadFile(open_regular_for_reading(path)?)))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -171,7 +314,7 @@ impl Fs for StdFs {
 
     #[cfg(unix)]
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
-        File::open(path)?.sync_all()
+        open_dir(path)?.sync_all()
     }
 
     #[cfg(not(unix))]
@@ -196,12 +339,7 @@ impl Fs for StdFs {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Box<dyn LockGuard>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let file = open_lock_file(path)?;
         // flock(2): held per open file description, so two sessions of one OS process
         // exclude each other just like two OS processes do; released on close or death.
         match file.try_lock() {

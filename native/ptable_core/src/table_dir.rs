@@ -131,9 +131,7 @@ fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>)
 fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
     let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
     match TableFile::open(fs, &stable).and_then(|mut f| f.verify(false)) {
-        Ok(()) => fs
-            .rename(&stable, &backup)
-            .map_err(|e| Error::io(&e, &stable))?,
+        Ok(()) => rotate_into_backup(fs, dir, &stable, &backup)?,
         Err(e) if e.reason.is_corruption() => {
             quarantine_file(fs, dir, &stable, DEFAULT_MAX_QUARANTINED)?;
         }
@@ -142,6 +140,19 @@ fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
     fs.rename(&tmp, &stable).map_err(|e| Error::io(&e, &tmp))?;
     fs.sync_dir(dir.root())
         .map_err(|e| Error::io(&e, dir.root()))
+}
+
+/// Renames the verified stable file to the backup. A directory in the backup's place, which
+/// a rename cannot replace, is moved aside like a corrupt file first.
+fn rotate_into_backup(fs: &dyn Fs, dir: &TableDir, stable: &Path, backup: &Path) -> Result<()> {
+    match fs.rename(stable, backup) {
+        Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
+            quarantine_file(fs, dir, backup, DEFAULT_MAX_QUARANTINED)?;
+            fs.rename(stable, backup)
+        }
+        result => result,
+    }
+    .map_err(|e| Error::io(&e, stable))
 }
 
 /// Quarantined files kept by a persist that finds a corrupt stable file.
@@ -668,21 +679,19 @@ pub fn list_snapshots(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<SnapshotEntry>>
                 sequence: Some(h.sequence),
                 created_unix_us: h.created_unix_us,
             },
+            // Not a snapshot the library wrote (a FIFO, a directory, ...), or deleted
+            // meanwhile: neither listed nor ever deleted by retention.
+            Err(e) if matches!(e.reason, Reason::NotARegularFile | Reason::Enoent) => continue,
             // An I/O error says nothing about the file's place in the order; listing it as
             // unreadable would make retention delete it first.
-            Err(e)
-                if !e.reason.is_corruption()
-                    && !matches!(e.reason, Reason::Enoent | Reason::Os("eisdir")) =>
-            {
-                return Err(e)
-            }
+            Err(e) if !e.reason.is_corruption() => return Err(e),
             Ok(FileHeader::Legacy { .. }) | Err(_) => match fs.metadata(&path) {
                 Ok(meta) if !meta.is_dir => SnapshotEntry {
                     id,
                     sequence: None,
                     created_unix_us: unix_us(meta.modified),
                 },
-                // A directory with a snapshot's name, or deleted meanwhile.
+                // Replaced by a directory, or deleted meanwhile.
                 Ok(_) => continue,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io(&e, &path)),
@@ -806,7 +815,7 @@ pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
     let snapshot = dir.snapshot(&id);
     match fs.metadata(&snapshot) {
         Ok(meta) if !meta.is_dir => {}
-        Ok(_) => return Err(Error::new(Reason::Enoent, &snapshot)),
+        Ok(_) => return Err(Error::new(Reason::NotARegularFile, &snapshot)),
         Err(e) => return Err(Error::io(&e, &snapshot)),
     }
     let _lock = lock_dir(fs, dir)?;

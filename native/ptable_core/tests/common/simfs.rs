@@ -3,8 +3,9 @@
 //! Model (conservative POSIX):
 //!
 //! * Files and directories are inodes. A directory maps names to inodes.
-//! * Per file: the durable bytes, plus the data operations since its last `sync` (a truncate
-//!   from `create` of an existing file, and each write: offset and bytes). `write_all`
+//! * Per file: the durable bytes, plus the data operations since its last `sync` (each write:
+//!   offset and bytes). `create` of an existing name unlinks the old inode and links a new
+//!   one, as `StdFs` does (it never truncates or follows what was there). `write_all`
 //!   writes at the handle's cursor and advances it, `write_all_at` writes at an offset and
 //!   leaves the cursor alone (like `pwrite`).
 //! * Per directory: the durable entry map, plus the entry operations since its last
@@ -18,7 +19,7 @@
 //! any of them (see `crash.rs`). A fault plan makes the n-th call fail with an errno; the call
 //! log says which call (kind and path) that was.
 
-use ptable_core::fs::{EntryMeta, Fs, LockGuard, ReadFile, WriteFile};
+use ptable_core::fs::{not_a_regular_file, EntryMeta, Fs, LockGuard, ReadFile, WriteFile};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -43,7 +44,6 @@ fn errno(code: i32) -> io::Error {
 /// A change to a file's bytes not yet made durable.
 #[derive(Clone, Debug)]
 pub enum DataOp {
-    Truncate,
     Write { offset: u64, bytes: Vec<u8> },
 }
 
@@ -51,7 +51,6 @@ impl DataOp {
     /// Applies the first `keep` bytes of this operation (all of it for `usize::MAX`).
     pub fn apply(&self, buf: &mut Vec<u8>, keep: usize) {
         match self {
-            DataOp::Truncate => buf.clear(),
             DataOp::Write { offset, bytes } => {
                 let bytes = &bytes[..keep.min(bytes.len())];
                 let start = *offset as usize;
@@ -66,14 +65,12 @@ impl DataOp {
 
     pub fn len(&self) -> usize {
         match self {
-            DataOp::Truncate => 0,
             DataOp::Write { bytes, .. } => bytes.len(),
         }
     }
 
     pub fn offset(&self) -> u64 {
         match self {
-            DataOp::Truncate => 0,
             DataOp::Write { offset, .. } => *offset,
         }
     }
@@ -555,21 +552,24 @@ impl Fs for SimFs {
             .dir(parent)
             .and_then(|d| d.current.get(&name))
             .copied();
-        let ino = match existing {
-            Some(ino) if s.state.file(ino).is_none() => return Err(errno(EISDIR)),
-            Some(ino) => {
-                // O_TRUNC on the same inode: a data change, durable with the file's next sync.
-                if !s.state.file(ino).is_some_and(|f| f.current.is_empty()) {
-                    s.state.data_op(ino, DataOp::Truncate);
-                }
-                ino
+        match existing {
+            Some(ino) if s.state.file(ino).is_none() => return Err(not_a_regular_file()),
+            // As StdFs does: the old entry is unlinked (never written through), then a new
+            // inode is linked under its name; each a directory change of its own.
+            Some(old) => {
+                s.state.entry_op(
+                    parent,
+                    EntryOp::Unlink {
+                        name: name.clone(),
+                        ino: old,
+                    },
+                );
+                SimFs::record(&mut s, format!("unlink {}", path.display()));
             }
-            None => {
-                let ino = s.state.new_node(NodeKind::File(FileNode::default()));
-                s.state.entry_op(parent, EntryOp::Link { name, ino });
-                ino
-            }
-        };
+            None => {}
+        }
+        let ino = s.state.new_node(NodeKind::File(FileNode::default()));
+        s.state.entry_op(parent, EntryOp::Link { name, ino });
         SimFs::record(&mut s, format!("create {}", path.display()));
         Ok(Box::new(SimWriteFile {
             fs: self.clone(),
@@ -585,7 +585,7 @@ impl Fs for SimFs {
         let ino = s.state.lookup(path)?;
         let data = match s.state.file(ino) {
             Some(f) => Arc::new(f.current.clone()),
-            None => return Err(errno(EISDIR)),
+            None => return Err(not_a_regular_file()),
         };
         Ok(Box::new(SimReadFile {
             fs: self.clone(),
@@ -703,7 +703,7 @@ impl Fs for SimFs {
         SimFs::enter(&mut s, CallKind::TryLock, path)?;
         let (parent, name) = s.state.parent_of(path)?;
         match s.state.lookup(path) {
-            Ok(ino) if s.state.file(ino).is_none() => return Err(errno(EISDIR)),
+            Ok(ino) if s.state.file(ino).is_none() => return Err(not_a_regular_file()),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let ino = s.state.new_node(NodeKind::File(FileNode::default()));
