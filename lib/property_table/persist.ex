@@ -20,6 +20,16 @@ defmodule PropertyTable.Persist do
   The format is documented byte by byte in `FORMAT.md`. Files written by property_table
   itself (format version 1) are read too.
 
+  Anything but a regular file under one of these names (a FIFO, a socket, a device, a
+  directory) is a bad file with the reason `:not_a_regular_file`, and no call ever blocks
+  opening it: a stable or backup file is moved aside like a corrupt one, a snapshot is left
+  out of listings and retention, a tmp file is replaced, and a lock file makes writers fail
+  until it is removed. Files are read through symlinks (to regular files only) but never
+  written, truncated or deleted through one: files are written under new names
+  (`O_CREAT | O_EXCL | O_NOFOLLOW` after removing whatever entry was there), renames and
+  deletions act on the link itself, and the lock file must not be a symlink. The library
+  assumes that only the user running the VM (and root) can write the data directory.
+
   ## Guarantees
 
   A persist writes the new file completely, fsyncs it, keeps the previous stable file as the
@@ -51,6 +61,7 @@ defmodule PropertyTable.Persist do
   The non-bang functions log the reason (Logger, error level) and return `:error` or
   `{:error, reason}`; the bang functions raise `PropertyTable.Persist.Error`. Reasons:
   `:enoent` (nothing to restore), `:bad_checksum` and `:bad_file` (corrupt files),
+  `:not_a_regular_file` (a FIFO, socket, device or directory in place of a file),
   `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, and POSIX errors
   such as `:eacces`, `:enospc` or `:enotdir`.
   """
@@ -127,9 +138,9 @@ defmodule PropertyTable.Persist do
   timestamp. On failure the table is left as it was (and none is created): its previous
   rows are kept aside until the last chunk is in, and put back if a chunk fails.
 
-  Returns `{:error, :enoent}` when there is nothing to restore, `{:error, :bad_checksum}` or
-  `{:error, :bad_file}` when files exist but none verifies (logged as data loss), or a POSIX
-  reason for I/O errors.
+  Returns `{:error, :enoent}` when there is nothing to restore, `{:error, :bad_checksum}`,
+  `{:error, :bad_file}` or `{:error, :not_a_regular_file}` when files exist but none verifies
+  (logged as data loss), or a POSIX reason for I/O errors.
 
   ## Examples
 
@@ -243,7 +254,8 @@ defmodule PropertyTable.Persist do
   Needs `:table_name`. It does not touch any ETS table: call `restore_from_disk/2` next to
   load it. Returns `{:error, :invalid_snapshot_id}` for an id that is not 16 uppercase
   hexadecimal characters (without touching the filesystem), `{:error, :enoent}` for an
-  unknown id, and `{:error, :bad_checksum}` or `{:error, :bad_file}` for a corrupt snapshot,
+  unknown id, `{:error, :bad_checksum}` or `{:error, :bad_file}` for a corrupt snapshot, and
+  `{:error, :not_a_regular_file}` when the id names a FIFO, socket, device or directory,
   leaving the stable file as it was.
 
   ## Examples
@@ -688,7 +700,8 @@ defmodule PropertyTable.Persist do
   end
 
   defp log_and_return(%Error{reason: reason} = error, result)
-       when reason in [:bad_checksum, :bad_file] and error.operation == :restore_from_disk do
+       when reason in [:bad_checksum, :bad_file, :not_a_regular_file] and
+              error.operation == :restore_from_disk do
     Logger.error(
       "PropertyTable.Persist: data loss, no file could be restored: #{Exception.message(error)}"
     )

@@ -5,9 +5,9 @@ defmodule PropertyTable.Persist.Error do
 
   Fields:
 
-    * `:reason` - an atom: `:enoent`, `:bad_checksum`, `:bad_file`, `:invalid_snapshot_id`,
-      `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, or a POSIX error such as `:eacces`,
-      `:enospc`, `:erofs`, `:enotdir`, `:eio`.
+    * `:reason` - an atom: `:enoent`, `:bad_checksum`, `:bad_file`, `:not_a_regular_file`,
+      `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, or a POSIX
+      error such as `:eacces`, `:enospc`, `:erofs`, `:enotdir`, `:eio`.
     * `:path` - the file or directory concerned, or `nil`.
     * `:operation` - the function that failed, e.g. `:persist_to_disk`.
   """
@@ -28,6 +28,10 @@ defmodule PropertyTable.Persist.Error do
   def describe(:enoent), do: "no such file (nothing persisted yet?)"
   def describe(:bad_checksum), do: "checksum mismatch: the file is corrupt"
   def describe(:bad_file), do: "not a valid property table file (truncated or damaged)"
+
+  def describe(:not_a_regular_file),
+    do:
+      "not a regular file (a FIFO, socket, device, directory, or a symlink where one is refused)"
 
   def describe(:invalid_snapshot_id),
     do: "invalid snapshot id (expected 16 uppercase hexadecimal characters)"
