@@ -575,9 +575,9 @@ defmodule PropertyTable.PersistApiTest do
       :ets.delete_all_objects(table)
       insert_pairs(table, realistic_pairs(30, 2))
       log = capture_log(fn -> assert :error = Persist.persist_to_disk(table, opts(dir)) end)
-      assert log =~ "eisdir"
+      assert log =~ "not a regular file"
 
-      assert %Error{reason: :eisdir} =
+      assert %Error{reason: :not_a_regular_file} =
                assert_raise(Error, fn -> Persist.persist_to_disk!(table, opts(dir)) end)
 
       assert tree(dir) == before
