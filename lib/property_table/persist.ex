@@ -62,8 +62,10 @@ defmodule PropertyTable.Persist do
   `{:error, reason}`; the bang functions raise `PropertyTable.Persist.Error`. Reasons:
   `:enoent` (nothing to restore), `:bad_checksum` and `:bad_file` (corrupt files),
   `:not_a_regular_file` (a FIFO, socket, device or directory in place of a file),
-  `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, and POSIX errors
-  such as `:eacces`, `:enospc` or `:enotdir`.
+  `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, POSIX errors
+  such as `:eacces`, `:enospc` or `:enotdir`, and `:internal_error` (a bug: a writer or
+  reader thread of the NIF panicked; the persist or restore failed as it would on an I/O
+  error, with the files on disk and the table as they were).
   """
 
   require Logger

@@ -6,8 +6,10 @@ defmodule PropertyTable.Persist.Error do
   Fields:
 
     * `:reason` - an atom: `:enoent`, `:bad_checksum`, `:bad_file`, `:not_a_regular_file`,
-      `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, or a POSIX
-      error such as `:eacces`, `:enospc`, `:erofs`, `:enotdir`, `:eio`.
+      `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`,
+      `:internal_error` (a bug: a thread of the NIF panicked; the files on disk are as after
+      any failed call), or a POSIX error such as `:eacces`, `:enospc`, `:erofs`, `:enotdir`,
+      `:eio`.
     * `:path` - the file or directory concerned, or `nil`.
     * `:operation` - the function that failed, e.g. `:persist_to_disk`.
   """
@@ -43,6 +45,9 @@ defmodule PropertyTable.Persist.Error do
     do: "the file needs atoms that do not exist (refused because of safe: true)"
 
   def describe(:busy), do: "another writer holds the table directory's lock"
+
+  def describe(:internal_error),
+    do: "internal error: a thread of the NIF panicked (its message went to standard error)"
 
   def describe(reason) when is_atom(reason) do
     case :file.format_error(reason) do

@@ -23,6 +23,9 @@ pub enum Reason {
     Busy,
     /// The session was already committed, closed or aborted.
     Closed,
+    /// A bug: a thread of the persist or restore pipeline panicked (the panic's message
+    /// went to standard error). The session or reader is closed.
+    Internal,
     /// An operating-system error, named like the POSIX errno (`eacces`, `enospc`, ...).
     Os(&'static str),
 }
@@ -38,6 +41,7 @@ impl Reason {
             Reason::NotARegularFile => "not_a_regular_file",
             Reason::Busy => "busy",
             Reason::Closed => "closed",
+            Reason::Internal => "internal_error",
             Reason::Os(name) => name,
         }
     }

@@ -45,6 +45,9 @@ pub const FRAME_HEADER_LEN: usize = 36;
 pub const LEGACY_HEADER_LEN: usize = PREFIX_LEN + 8;
 pub const LEGACY_TRAILER_LEN: usize = 16;
 
+/// The headers are encoded with bincode's own `Encode`/`Decode` derives, not through serde:
+/// two fixed-width records in one fixed layout are all it encodes, so serde's data model
+/// would add a second derive and dependency without a second format or user to share it.
 fn config() -> Configuration<LittleEndian, Fixint> {
     bincode::config::standard()
         .with_little_endian()

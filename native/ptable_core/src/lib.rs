@@ -12,6 +12,7 @@ pub mod etf;
 pub mod format;
 pub mod fs;
 pub mod inspect;
+pub mod pipeline;
 pub mod reader;
 pub mod snapshot_id;
 pub mod table_dir;
@@ -20,6 +21,7 @@ pub mod writer;
 pub use error::{Error, Reason, Result};
 pub use fs::{Fs, StdFs};
 pub use inspect::{inspect_dir, FileReport, FileRole};
+pub use pipeline::{ChunkConsumer, PersistPipeline, RestorePipeline, Step, StepSink};
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
 pub use table_dir::{

@@ -1,121 +1,21 @@
 //! Restore NIFs: open the newest valid file, then hand its chunks to the caller as lists of
-//! `{property, value, timestamp}` rows, ready for `:ets.insert/2`. The last chunk's rows
-//! come as `{:last, rows}` once the end of the file has been checked too, which spares a
-//! final call or message.
-//!
-//! A file of several chunks is streamed: a thread reads, decompresses, checks and decodes
-//! the next chunks and sends each one's rows to the caller as a message, while the caller
-//! inserts the previous ones. The rows are built in the message's own environment, so the
-//! caller receives them without a copy and its scheduler does nothing but `:ets.insert/2`.
-//! A file of one chunk is decoded by `restore_rows` itself: there is nothing to overlap,
-//! and starting a thread would be a measurable part of a small table's restore.
+//! `{property, value, timestamp}` rows, ready for `:ets.insert/2`: sent as messages by the
+//! core's reader thread (`ptable_core::pipeline::restore`) for a file of several chunks, or
+//! returned by `restore_rows` for a file of one (starting a thread would be a measurable part
+//! of a small table's restore, with nothing to overlap).
 
-use crate::{atoms, closed_error, error_term, failure_list, lock, path_from, path_term};
+use crate::{atom_term, atoms, error_term, path_from, path_term, reason_atom};
 use ptable_core::etf::uncompressed_term;
-use ptable_core::{open_newest_valid, Error, FileHeader, StdFs, TableDir, TableFile};
-use rustler::types::LocalPid;
+use ptable_core::{open_newest_valid, Error, RestorePipeline, StdFs, Step, TableDir};
 use rustler::{Atom, Binary, Encoder, Env, OwnedEnv, Resource, ResourceArc, Term};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
-use std::thread::JoinHandle;
-
-/// Chunks the streaming thread may send beyond those the caller has inserted: enough to
-/// keep the thread busy while the caller inserts, and a bound on the rows in flight. (With
-/// 4, restores of 1M rows were slower in the benchmark and peaked 7 MiB higher.)
-const STREAMED_CHUNKS: u32 = 2;
 
 /// A verified file being restored.
-struct ReaderResource(Mutex<Option<ReaderState>>);
+struct ReaderResource(RestorePipeline);
+type Reader = ResourceArc<ReaderResource>;
 
 #[rustler::resource_impl]
 impl Resource for ReaderResource {}
-
-enum ReaderState {
-    /// Chunks are read on demand by `restore_rows`.
-    Ready(Box<TableFile>),
-    /// A thread owns the file and sends the rows (`restore_stream`).
-    Streaming(RowStream),
-    /// Every chunk was handed out: later calls (from any process) get `:done`.
-    Done,
-}
-
-/// The streaming thread and the credits that pace it.
-struct RowStream {
-    credits: Arc<Credits>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl RowStream {
-    /// Stops the thread and waits for it, so that it sends nothing afterwards and the file
-    /// is closed.
-    fn stop(mut self) {
-        self.credits.cancel();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for RowStream {
-    /// A reader collected without `restore_close` (its process died): the thread stops at
-    /// its next credit or its next send, whichever comes first. Nobody waits for it.
-    fn drop(&mut self) {
-        self.credits.cancel();
-    }
-}
-
-/// How many more chunks the thread may send; the caller gives one back per chunk inserted.
-struct Credits {
-    state: Mutex<CreditState>,
-    changed: Condvar,
-}
-
-struct CreditState {
-    available: u32,
-    cancelled: bool,
-}
-
-impl Credits {
-    fn new(available: u32) -> Self {
-        Credits {
-            state: Mutex::new(CreditState {
-                available,
-                cancelled: false,
-            }),
-            changed: Condvar::new(),
-        }
-    }
-
-    /// Waits for a credit and takes it; `false` once the stream is cancelled.
-    fn take(&self) -> bool {
-        let mut state = lock(&self.state);
-        loop {
-            if state.cancelled {
-                return false;
-            }
-            if state.available > 0 {
-                state.available -= 1;
-                return true;
-            }
-            // Poisoning is ignored, as in `lock`.
-            state = self
-                .changed
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    fn give(&self) {
-        lock(&self.state).available += 1;
-        self.changed.notify_one();
-    }
-
-    fn cancel(&self) {
-        lock(&self.state).cancelled = true;
-        self.changed.notify_all();
-    }
-}
 
 /// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
 /// files aside (keeping `max_quarantined`).
@@ -126,52 +26,33 @@ fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'
     let dir = TableDir::new(path_from(&dir));
     match open_newest_valid(&StdFs, &dir, Some(max_quarantined)) {
         Ok(source) => {
+            let kind = atom_term(env, source.kind.as_str(), atoms::nil());
             let path = path_term(env, Some(source.file.path()));
-            let kind = Atom::from_str(env, source.kind.as_str())
-                .map(|a| a.encode(env))
-                .unwrap_or_else(|_| atoms::nil().encode(env));
-            let failures = failure_list(env, &source.failures);
-            let quarantined = path_list(env, &source.quarantined);
-            let chunks = chunk_count(&source.file);
-            let reader = ResourceArc::new(ReaderResource(Mutex::new(Some(ReaderState::Ready(
-                Box::new(source.file),
-            )))));
-            (
-                atoms::ok(),
-                reader,
-                kind,
-                path,
-                failures,
-                quarantined,
-                chunks,
-            )
-                .encode(env)
+            // The file is verified and rewound: every chunk is left.
+            let chunks = source.file.chunks_left();
+            let (skipped, moved) = skipped_and_moved(env, &source.failures, &source.quarantined);
+            let reader = ResourceArc::new(ReaderResource(RestorePipeline::new(source.file)));
+            (atoms::ok(), reader, kind, path, skipped, moved, chunks).encode(env)
         }
-        Err(failure) => (
-            atoms::error(),
-            crate::reason_atom(env, &failure.error),
-            path_term(env, failure.error.path.as_deref()),
-            failure_list(env, &failure.failures),
-            path_list(env, &failure.quarantined),
-        )
-            .encode(env),
+        Err(failure) => {
+            let reason = reason_atom(env, &failure.error);
+            let path = path_term(env, failure.error.path.as_deref());
+            let (skipped, moved) = skipped_and_moved(env, &failure.failures, &failure.quarantined);
+            (atoms::error(), reason, path, skipped, moved).encode(env)
+        }
     }
 }
 
-fn path_list<'a>(env: Env<'a>, paths: &[PathBuf]) -> Term<'a> {
-    paths
-        .iter()
-        .map(|p| path_term(env, Some(p)))
-        .collect::<Vec<_>>()
-        .encode(env)
-}
-
-/// Chunks in a verified file (a legacy file's payload is one).
-fn chunk_count(file: &TableFile) -> u64 {
-    match file.header() {
-        FileHeader::Current(h) => h.chunk_count,
-        FileHeader::Legacy { .. } => 1,
-    }
+/// The files a restore skipped, as `{reason, path}`, and where corrupt ones were moved.
+fn skipped_and_moved<'a>(
+    env: Env<'a>,
+    failures: &[Error],
+    moved: &[PathBuf],
+) -> (Term<'a>, Term<'a>) {
+    let failure = |e: &Error| (reason_atom(env, e), path_term(env, e.path.as_deref()));
+    let skipped: Vec<_> = failures.iter().map(failure).collect();
+    let moved: Vec<_> = moved.iter().map(|p| path_term(env, Some(p))).collect();
+    (skipped.encode(env), moved.encode(env))
 }
 
 /// The next chunk's rows, each with `timestamp`: `{:ok, rows}` (more chunks follow),
@@ -179,94 +60,53 @@ fn chunk_count(file: &TableFile) -> u64 {
 /// chunks, or every chunk handed out), or an error. With `safe`, terms are decoded like
 /// `:erlang.binary_to_term(bin, [:safe])`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_rows<'a>(
-    env: Env<'a>,
-    reader: ResourceArc<ReaderResource>,
-    timestamp: i64,
-    safe: bool,
-) -> Term<'a> {
-    let mut guard = lock(&reader.0);
-    let file = match guard.as_mut() {
-        Some(ReaderState::Ready(file)) => file,
-        Some(ReaderState::Done) => return atoms::done().encode(env),
-        _ => return closed_error(env),
-    };
-    let (next, after) = next_rows(env, file, &mut Vec::new(), timestamp, safe);
-    match after {
-        After::More => {}
-        After::Done => *guard = Some(ReaderState::Done),
-        After::Failed => *guard = None,
-    }
-    next
+fn restore_rows<'a>(env: Env<'a>, reader: Reader, timestamp: i64, safe: bool) -> Term<'a> {
+    let mut answer = atoms::done().encode(env);
+    reader.0.pull(&mut |step: Step<'_>| {
+        let more;
+        (answer, more) = step_answer(env, step, timestamp, safe);
+        more
+    });
+    answer
 }
 
-/// Starts the thread that sends the rows of every chunk to the calling process as
+/// Starts the reader thread, which sends the rows of every chunk to the calling process as
 /// `{tag, {:ok, rows}}` messages and the last chunk's as `{tag, {:last, rows}}` (see
-/// `restore_rows`), or stops at the first `{tag, {:error, reason, path}}`.
+/// `restore_rows`), or stops at the first `{tag, {:error, reason, path}}`. The rows are
+/// built in the message's own environment, so the caller receives them without a copy.
 /// It sends at most `STREAMED_CHUNKS` chunks beyond those acknowledged with `restore_ack`.
 /// Returns `:ok` or an error.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_stream<'a>(
     env: Env<'a>,
-    reader: ResourceArc<ReaderResource>,
+    reader: Reader,
     tag: Term<'a>,
     timestamp: i64,
     safe: bool,
 ) -> Term<'a> {
-    let mut guard = lock(&reader.0);
-    let file = match guard.take() {
-        Some(ReaderState::Ready(file)) => file,
-        other => {
-            *guard = other;
-            return closed_error(env);
-        }
-    };
-    let path = file.path().to_path_buf();
-    let caller = env.pid();
-    let tag_env = OwnedEnv::new();
+    let (caller, tag_env, mut msg_env) = (env.pid(), OwnedEnv::new(), OwnedEnv::new());
     let tag = tag_env.save(tag);
-    let credits = Arc::new(Credits::new(STREAMED_CHUNKS));
-    let thread_credits = Arc::clone(&credits);
-    let spawned = std::thread::Builder::new()
-        .name("ptable_reader".into())
-        .spawn(move || {
-            let mut sender = RowSender {
-                caller,
-                tag_env,
-                tag,
-                msg_env: OwnedEnv::new(),
-            };
-            let finished = catch_unwind(AssertUnwindSafe(|| {
-                stream_rows(*file, &mut sender, timestamp, safe, &thread_credits)
-            }));
-            if finished.is_err() {
-                // The caller waits for a last message: a panic must not leave it waiting.
-                let mut sender = RowSender {
-                    msg_env: OwnedEnv::new(),
-                    ..sender
-                };
-                let _ = sender.send(closed_error);
-            }
-        });
-    match spawned {
-        Ok(thread) => {
-            *guard = Some(ReaderState::Streaming(RowStream {
-                credits,
-                thread: Some(thread),
-            }));
-            atoms::ok().encode(env)
+    let send = move |step: Step<'_>| {
+        if matches!(step, Step::Failed(_)) {
+            // The final message may follow a panic inside an earlier send, which left that
+            // send's environment in an unknown state.
+            msg_env = OwnedEnv::new();
         }
-        // The file went with the closure that could not run: the reader is closed.
-        Err(e) => error_term(env, &Error::io(&e, &path)),
-    }
+        let mut more = false;
+        let sent = msg_env.send_and_clear(&caller, |env| {
+            let answer;
+            (answer, more) = step_answer(env, step, timestamp, safe);
+            (tag_env.run(|tag_env| tag.load(tag_env).in_env(env)), answer)
+        });
+        sent.is_ok() && more
+    };
+    crate::ok_or_error(env, reader.0.stream(send))
 }
 
-/// Gives the streaming thread one more credit: the caller has inserted a chunk.
+/// Gives the reader thread one more credit: the caller has inserted a chunk.
 #[rustler::nif]
-fn restore_ack(reader: ResourceArc<ReaderResource>) -> Atom {
-    if let Some(ReaderState::Streaming(stream)) = lock(&reader.0).as_ref() {
-        stream.credits.give();
-    }
+fn restore_ack(reader: Reader) -> Atom {
+    reader.0.ack();
     atoms::ok()
 }
 
@@ -274,135 +114,41 @@ fn restore_ack(reader: ResourceArc<ReaderResource>) -> Atom {
 /// it is closed already) without leaving the normal scheduler: `:ok`, or `:busy` when
 /// `restore_close_wait` must do it.
 #[rustler::nif]
-fn restore_close_nowait(reader: ResourceArc<ReaderResource>) -> Atom {
-    // Never wait for the lock here: a dirty call may hold it while it decodes a chunk.
-    let mut state = match reader.0.try_lock() {
-        Ok(state) => state,
-        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-        Err(TryLockError::WouldBlock) => return atoms::busy(),
-    };
-    match *state {
-        Some(ReaderState::Ready(_) | ReaderState::Streaming(_)) => atoms::busy(),
-        Some(ReaderState::Done) | None => {
-            *state = None;
-            atoms::ok()
-        }
-    }
+fn restore_close_nowait(reader: Reader) -> Atom {
+    // Never waits for the lock: a dirty call may hold it while it decodes a chunk.
+    crate::ok_or_busy(reader.0.close_now())
 }
 
-/// Closes the file early (it is also closed when the reader is collected). A streaming
-/// thread is stopped and waited for: it sends nothing after this returns.
+/// Closes the file early (it is also closed when the reader is collected). A reader thread
+/// is stopped and waited for: it sends nothing after this returns.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_close_wait(reader: ResourceArc<ReaderResource>) -> Atom {
-    let state = lock(&reader.0).take();
-    if let Some(ReaderState::Streaming(stream)) = state {
-        stream.stop();
-    }
+fn restore_close_wait(reader: Reader) -> Atom {
+    reader.0.close();
     atoms::ok()
 }
 
-/// Sends messages `{tag, payload}` to the restoring process.
-struct RowSender {
-    caller: LocalPid,
-    tag_env: OwnedEnv,
-    tag: rustler::env::SavedTerm,
-    msg_env: OwnedEnv,
-}
-
-impl RowSender {
-    /// Builds the payload in the message's environment and sends it; `false` when the
-    /// caller is gone.
-    fn send<F>(&mut self, payload: F) -> bool
-    where
-        F: for<'a> FnOnce(Env<'a>) -> Term<'a>,
-    {
-        let (tag_env, tag) = (&self.tag_env, &self.tag);
-        self.msg_env
-            .send_and_clear(&self.caller, |env| {
-                let tag = tag_env.run(|tag_env| tag.load(tag_env).in_env(env));
-                (tag, payload(env)).encode(env)
-            })
-            .is_ok()
-    }
-}
-
-/// The streaming thread's loop: one chunk per credit, until the last message is sent, the
-/// caller is gone or the stream is cancelled.
-fn stream_rows(
-    mut file: TableFile,
-    sender: &mut RowSender,
-    timestamp: i64,
-    safe: bool,
-    credits: &Credits,
-) {
-    let mut buffer = Vec::new();
-    while credits.take() {
-        let mut after = After::Failed;
-        let sent = sender.send(|env| {
-            let next;
-            (next, after) = next_rows(env, &mut file, &mut buffer, timestamp, safe);
-            next
-        });
-        if !sent || after != After::More {
-            return;
-        }
-    }
-}
-
-/// What follows the term `next_rows` returned.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum After {
-    /// It was a chunk's rows: there may be more.
-    More,
-    /// It was `:done`: every chunk was read and the file's digest matched.
-    Done,
-    /// It was an error: the file is of no further use.
-    Failed,
-}
-
-/// Reads, decompresses, checks and decodes the next chunk into rows in `env` (using
-/// `buffer` for its bytes). Returns the term for the caller (`{:ok, rows}`, `:done` or an
-/// error) and what follows it.
-fn next_rows<'a>(
-    env: Env<'a>,
-    file: &mut TableFile,
-    buffer: &mut Vec<u8>,
-    timestamp: i64,
-    safe: bool,
-) -> (Term<'a>, After) {
-    let chunk = file.next_chunk(|len| {
-        buffer.clear();
-        buffer.try_reserve_exact(len).ok()?;
-        buffer.resize(len, 0);
-        Some(buffer.as_mut_slice())
-    });
-    let rows = match chunk {
-        Ok(Some(chunk)) => chunk_rows(env, chunk.data, timestamp, safe, chunk.rows),
-        Ok(None) => return (atoms::done().encode(env), After::Done),
-        Err(e) => return (error_term(env, &e), After::Failed),
+/// The answer for `step` in `env` (`{:ok, rows}`, `{:last, rows}`, `:done` or an error),
+/// and whether the stream may go on after it (`false` for an error).
+fn step_answer<'a>(env: Env<'a>, step: Step<'_>, timestamp: i64, safe: bool) -> (Term<'a>, bool) {
+    let Step::Chunk {
+        data,
+        rows,
+        last,
+        path,
+    } = step
+    else {
+        return match step {
+            Step::Failed(e) => (error_term(env, &e), false),
+            _ => (atoms::done().encode(env), true),
+        };
     };
-    let rows = match rows {
-        Ok(rows) => rows,
+    let tag = if last { atoms::last() } else { atoms::ok() };
+    match chunk_rows(env, data, timestamp, safe, rows) {
+        Ok(rows) => ((tag, rows).encode(env), true),
         Err(reason) => {
-            let path = path_term(env, Some(file.path()));
-            return ((atoms::error(), reason, path).encode(env), After::Failed);
+            let path = path_term(env, Some(path));
+            ((atoms::error(), reason, path).encode(env), false)
         }
-    };
-    if file.chunks_left() > 0 {
-        return ((atoms::ok(), rows).encode(env), After::More);
-    }
-    // The last chunk: the file's end (its totals and whole-content digest) is checked now,
-    // so the caller needs no further call or message to learn that the file was whole.
-    match file.next_chunk(|_| None::<Vec<u8>>) {
-        Ok(None) => ((atoms::last(), rows).encode(env), After::Done),
-        Ok(Some(_)) => {
-            let path = path_term(env, Some(file.path()));
-            (
-                (atoms::error(), atoms::bad_file(), path).encode(env),
-                After::Failed,
-            )
-        }
-        Err(e) => (error_term(env, &e), After::Failed),
     }
 }
 
