@@ -7,6 +7,11 @@
 //! contents it writes, and only the latter once the operation has returned; snapshot
 //! listings must stay within retention and every listed snapshot must restore to the
 //! version it was taken of.
+//!
+//! The persists run both straight on a `PersistSession` and as the NIF runs them, through
+//! the writer thread of a `PersistPipeline` (scenarios marked "writer thread"), and every
+//! crash state is restored both straight and through the reader thread of a
+//! `RestorePipeline`, which must hand over the same chunks (or fail the same way).
 
 mod common;
 
@@ -30,11 +35,14 @@ enum Op {
     RestoreSnapshot(usize),
 }
 
+#[derive(Clone)]
 struct Scenario {
     /// Overrides the operation's description.
     label: Option<&'static str>,
     start: Start,
     op: Op,
+    /// Persists go through the writer thread.
+    threaded: bool,
 }
 
 impl Scenario {
@@ -43,6 +51,15 @@ impl Scenario {
             label: None,
             start: start.clone(),
             op,
+            threaded: false,
+        }
+    }
+
+    /// The same persist through the writer thread.
+    fn threaded(&self) -> Self {
+        Scenario {
+            threaded: true,
+            ..self.clone()
         }
     }
 
@@ -62,7 +79,12 @@ impl Scenario {
                 format!("restore_snapshot({})", self.start.snapshots[*i].0)
             }
         };
-        format!("{op} on {}", self.start.name)
+        let via = if self.threaded {
+            " (writer thread)"
+        } else {
+            ""
+        };
+        format!("{op}{via} on {}", self.start.name)
     }
 
     /// The contents the operation installs as the stable file.
@@ -87,9 +109,22 @@ fn record(scn: &Scenario) -> Recording {
     let fs = SimFs::from_state(scn.start.state.clone());
     fs.start_recording();
     let (stable_done, snapshot) = match &scn.op {
+        Op::Persist(data) if scn.threaded => {
+            persist_threaded(&fs, data).unwrap().0.close();
+            (fs.history_len() - 1, None)
+        }
         Op::Persist(data) => {
             drop(persist(&fs, data).unwrap());
             (fs.history_len() - 1, None)
+        }
+        Op::PersistAndSnapshot { data, max } if scn.threaded => {
+            let (pipeline, _) = persist_threaded(&fs, data).unwrap();
+            let stable_done = fs.history_len() - 1;
+            let snapshot =
+                |s: &mut ptable_core::PersistSession| s.snapshot(*max, &mut id_source(0xD0));
+            let id = pipeline.with_consumer(snapshot).unwrap().unwrap();
+            pipeline.close();
+            (stable_done, Some((id, fs.history_len() - 1)))
         }
         Op::PersistAndSnapshot { data, max } => {
             let mut session = persist(&fs, data).unwrap();
@@ -116,14 +151,19 @@ fn check(scn: &Scenario, rec: &Recording, point: usize, state: State) -> Result<
     let fs = SimFs::from_state(state);
     let new = scn.new_version();
     let outcome = restore_outcome(&fs);
+    let streamed = streamed_restore_outcome(&fs);
+    if streamed != outcome {
+        return Err(format!(
+            "the reader thread gave {}, a direct restore {}",
+            describe_outcome(&streamed),
+            describe_outcome(&outcome)
+        ));
+    }
     let allowed_old = point < rec.stable_done;
     if outcome != Ok(new.clone()) && !(allowed_old && scn.start.old.contains(&outcome)) {
-        let got = match &outcome {
-            Ok(v) => format!("{} chunks", v.len()),
-            Err(r) => r.as_str().to_string(),
-        };
         return Err(format!(
-            "restore gave {got}, expected {}",
+            "restore gave {}, expected {}",
+            describe_outcome(&outcome),
             if allowed_old { "old or new" } else { "new" }
         ));
     }
@@ -188,8 +228,16 @@ fn check(scn: &Scenario, rec: &Recording, point: usize, state: State) -> Result<
     Ok(())
 }
 
+fn describe_outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Ok(v) => format!("{} chunks", v.len()),
+        Err(r) => r.as_str().to_string(),
+    }
+}
+
 struct Report {
     name: String,
+    threaded: bool,
     crash_points: usize,
     totals: Counts,
     failures: Vec<String>,
@@ -222,6 +270,7 @@ fn explore(scn: &Scenario) -> Report {
     }
     Report {
         name: scn.name(),
+        threaded: scn.threaded,
         crash_points: rec.history.len(),
         totals,
         failures,
@@ -238,7 +287,7 @@ fn scenarios() -> Vec<Scenario> {
         data: new.clone(),
         max,
     };
-    vec![
+    let direct = vec![
         Scenario::new(&empty, Op::Persist(new.clone())),
         Scenario::new(&full, Op::Persist(new.clone())),
         Scenario::labelled(
@@ -273,7 +322,17 @@ fn scenarios() -> Vec<Scenario> {
         Scenario::new(&full, Op::RestoreSnapshot(1)),
         // The legacy snapshot.
         Scenario::new(&full, Op::RestoreSnapshot(0)),
-    ]
+    ];
+    // Every persist again through the writer thread, and one persist+snapshot.
+    let threaded: Vec<Scenario> = direct
+        .iter()
+        .filter(|scn| matches!(scn.op, Op::Persist(_)))
+        .chain(direct.iter().filter(|scn| {
+            matches!(scn.op, Op::PersistAndSnapshot { max: 2, .. }) && scn.start.name == "full"
+        }))
+        .map(Scenario::threaded)
+        .collect();
+    direct.into_iter().chain(threaded).collect()
 }
 
 #[test]
@@ -300,6 +359,7 @@ fn every_crash_state_restores_old_or_new_contents() {
             .collect()
     });
     let mut explored = 0;
+    let mut threaded = (0, 0);
     let mut failures = Vec::new();
     let mut failure_count = 0;
     for r in &reports {
@@ -315,14 +375,28 @@ fn every_crash_state_restores_old_or_new_contents() {
             r.failure_count,
         );
         explored += r.totals.explored;
+        if r.threaded {
+            threaded.0 += 1;
+            threaded.1 += r.totals.explored;
+        }
         failure_count += r.failure_count;
         failures.extend(r.failures.iter().cloned());
     }
     println!("crash states explored in total: {explored}");
+    println!(
+        "of which {} in {} scenarios persisting through the writer thread; every state \
+         restored both directly and through the reader thread",
+        threaded.1, threaded.0
+    );
     assert!(
         failures.is_empty(),
         "{failure_count} crash states failed, first ones:\n{}",
         failures.join("\n")
     );
     assert!(explored >= 5000, "only {explored} crash states explored");
+    assert!(
+        threaded.1 >= 2500,
+        "only {} crash states of the writer thread",
+        threaded.1
+    );
 }

@@ -19,6 +19,13 @@
 //! * No tmp file that the call created or changed is left behind.
 //! * The same call without a fault then succeeds, durably.
 //!
+//! The persists run both straight on a `PersistSession` and as the NIF runs them, through
+//! the writer thread of a `PersistPipeline`: there the failing call is made by the writer
+//! thread for every append after the first chunk, and its error must surface at a later
+//! append or at the commit, with the same reason, path and state on disk, and the
+//! directory lock released once the pipeline is closed. A separate test makes every read of
+//! the reader thread fail in turn, mid-stream.
+//!
 //! On success, "did everything" means: restore gives the new contents now and after losing
 //! every unsynced change; a written persist or restore_snapshot moved the previous stable
 //! file (if it verified) to the backup, an unchanged persist touched nothing; a snapshot
@@ -77,6 +84,8 @@ fn expected_reason(code: i32) -> Reason {
 #[derive(Clone)]
 enum Op {
     Persist(Version),
+    /// The same persist through the writer thread (see `persist_threaded`).
+    PersistThreaded(Version),
     /// An unfaulted persist of `data`, then `snapshot(max)` with faults.
     Snapshot {
         data: Version,
@@ -108,7 +117,7 @@ impl Scenario {
     /// What restore must give after the call succeeded, given what it gave before.
     fn new_contents(&self, before: &Picture) -> Outcome {
         match &self.op {
-            Op::Persist(data) => Ok(data.clone()),
+            Op::Persist(data) | Op::PersistThreaded(data) => Ok(data.clone()),
             Op::Snapshot { .. } => before.restored.clone(),
             Op::RestoreSnapshot(i) => Ok(self.start.snapshots[*i].1.clone()),
         }
@@ -129,6 +138,8 @@ struct Prepared {
     ids: Box<dyn FnMut() -> ptable_core::Result<SnapshotId>>,
     /// What the files looked like just before the faultable call.
     before: Picture,
+    /// Where a persist through the writer thread returned its error.
+    failed_at: Option<Stage>,
 }
 
 impl Prepared {
@@ -145,6 +156,7 @@ impl Prepared {
             session,
             ids: Box::new(id_source(0xE0)),
             before,
+            failed_at: None,
         }
     }
 
@@ -156,6 +168,16 @@ impl Prepared {
         match &scn.op {
             Op::Persist(data) => persist_session(&self.fs, data)
                 .map(|(_, outcome)| done(None, outcome == CommitOutcome::Unchanged)),
+            Op::PersistThreaded(data) => match persist_threaded(&self.fs, data) {
+                Ok((pipeline, outcome)) => {
+                    pipeline.close();
+                    Ok(done(None, outcome == CommitOutcome::Unchanged))
+                }
+                Err((e, stage)) => {
+                    self.failed_at = Some(stage);
+                    Err(e)
+                }
+            },
             Op::Snapshot { max, .. } => {
                 let session = self.session.as_mut().expect("prepared");
                 session
@@ -427,6 +449,9 @@ struct Tally {
     reported: usize,
     tolerated: usize,
     by_kind: BTreeMap<String, usize>,
+    /// Faults injected into calls of the writer thread, and where their errors surfaced.
+    in_writer: usize,
+    surfaced: BTreeMap<Stage, usize>,
     failures: Vec<String>,
 }
 
@@ -445,6 +470,8 @@ fn inject_all(scn: &Scenario) -> Tally {
         for &code in errnos(call.kind) {
             tally.injected += 1;
             *tally.by_kind.entry(format!("{:?}", call.kind)).or_default() += 1;
+            let in_writer = call.thread.as_deref() == Some("ptable_writer");
+            tally.in_writer += usize::from(in_writer);
             let what = format!(
                 "{}: errno {code} on call #{index} {:?} {}",
                 scn.name(),
@@ -466,6 +493,18 @@ fn inject_all(scn: &Scenario) -> Tally {
                 (call.kind, normalized(&call.path)),
                 "{what}: runs diverged"
             );
+            if in_writer {
+                if let Some(stage) = p.failed_at {
+                    *tally.surfaced.entry(stage).or_default() += 1;
+                }
+            }
+            // Only a snapshot's session (prepared beforehand) is still open.
+            if !matches!(scn.op, Op::Snapshot { .. }) && p.fs.is_locked(&table().lock()) {
+                tally
+                    .failures
+                    .push(format!("{what}: the directory lock is still held"));
+                continue;
+            }
             let after = Picture::take(&p.fs);
             let verdict = match &result {
                 Ok(done) => {
@@ -513,6 +552,7 @@ fn scenarios() -> Vec<Scenario> {
         data: version(5),
         max,
     };
+    let threaded = |data| Op::PersistThreaded(data);
     vec![
         Scenario::new("persist", &empty, Op::Persist(version(5))),
         Scenario::new("persist", &full, Op::Persist(version(5))),
@@ -527,6 +567,19 @@ fn scenarios() -> Vec<Scenario> {
             Op::Persist(version(3)),
         ),
         Scenario::new("persist", &rotten, Op::Persist(version(5))),
+        Scenario::new("persist (writer thread)", &empty, threaded(version(5))),
+        Scenario::new("persist (writer thread)", &full, threaded(version(5))),
+        Scenario::new(
+            "persist sharing 2 chunks (writer thread)",
+            &full,
+            threaded(version_sharing_prefix(3, 2)),
+        ),
+        Scenario::new(
+            "persist of the unchanged table (writer thread)",
+            &full,
+            threaded(version(3)),
+        ),
+        Scenario::new("persist (writer thread)", &rotten, threaded(version(5))),
         Scenario::new("snapshot(max 2)", &empty, snapshot(2)),
         Scenario::new("snapshot(max 2)", &full, snapshot(2)),
         Scenario::new("restore_snapshot", &snapshot_only, Op::RestoreSnapshot(0)),
@@ -538,6 +591,8 @@ fn scenarios() -> Vec<Scenario> {
 #[test]
 fn every_failing_call_is_reported_and_leaves_the_table_restorable() {
     let mut total = 0;
+    let (mut direct, mut in_writer) = (0, 0);
+    let mut surfaced = BTreeMap::new();
     let mut failures = Vec::new();
     for scn in scenarios() {
         let tally = inject_all(&scn);
@@ -550,9 +605,21 @@ fn every_failing_call_is_reported_and_leaves_the_table_restorable() {
             tally.by_kind
         );
         total += tally.injected;
+        if matches!(scn.op, Op::PersistThreaded(_)) {
+            in_writer += tally.in_writer;
+            for (stage, n) in tally.surfaced {
+                *surfaced.entry(stage).or_insert(0) += n;
+            }
+        } else {
+            direct += tally.injected;
+        }
         failures.extend(tally.failures);
     }
-    println!("faults injected in total: {total}");
+    println!("faults injected in total: {total}, {direct} of them without the writer thread");
+    println!(
+        "faults injected inside the writer thread: {in_writer}; their errors surfaced at \
+         (timing-dependent): {surfaced:?}"
+    );
     assert!(
         failures.is_empty(),
         "{} faults mishandled:\n{}",
@@ -560,6 +627,10 @@ fn every_failing_call_is_reported_and_leaves_the_table_restorable() {
         failures.join("\n")
     );
     assert!(total >= 500, "only {total} faults injected");
+    assert!(
+        in_writer >= 60,
+        "only {in_writer} faults inside the writer thread"
+    );
 }
 
 /// After an append fails, the session cannot produce a good file any more (a short write
@@ -666,4 +737,84 @@ fn the_sharing_scenario_copies_the_stable_files_frames() {
     }
     let (_, stored) = file.next_stored_frame().expect("frame").expect("frame");
     assert_eq!(&stored[..3], &ptable_core::codec::ZSTD_END_OF_FRAME);
+}
+
+/// The reader thread failing mid-stream: a file of several read buffers is streamed while
+/// each read the thread makes fails in turn. The sink must get the chunks before the
+/// failing read, in order, then a final `Failed` naming the errno and the file, and never a
+/// chunk marked last; the thread then stops (the pipeline closes without waiting for more).
+#[test]
+fn a_failing_reader_thread_ends_the_stream_with_an_error() {
+    let fs = fresh();
+    // Chunks of 150 kB: the 256 KiB read buffer is refilled several times mid-file.
+    let data = common::chunks(24, 150_000, 77);
+    let mut session = PersistSession::begin(arc(&fs), table(), options(3)).unwrap();
+    for c in &data {
+        session.append(c, 10).unwrap();
+    }
+    session.commit().unwrap();
+    drop(session);
+    let open = || {
+        fs.reset_calls();
+        let file = ptable_core::open_newest_valid(&fs, &table(), None)
+            .expect("a verified file")
+            .file;
+        (file, fs.calls().len())
+    };
+    let (file, opened) = open();
+    let clean = stream_steps(file, true);
+    assert_eq!(streamed_chunks(&clean), data, "the clean stream");
+    let reads: Vec<usize> = (opened..fs.calls().len()).collect();
+    let mut injected = 0;
+    let mut mid_stream = 0;
+    for index in reads {
+        let (file, _) = open();
+        fs.inject_fault(index, EIO);
+        let steps = stream_steps(file, true);
+        fs.clear_fault();
+        let (fired, _) = fs.fired().expect("the read was made");
+        let what = format!("EIO on call #{index} {:?}", fired.kind);
+        assert_eq!(fired.kind, CallKind::Read, "{what}");
+        assert_eq!(fired.thread.as_deref(), Some("ptable_reader"), "{what}");
+        injected += 1;
+        let (last, before) = steps.split_last().expect("a final step");
+        let chunks = streamed_chunks(before);
+        assert_eq!(
+            chunks,
+            data[..chunks.len()],
+            "{what}: chunks before the failure"
+        );
+        assert!(
+            before
+                .iter()
+                .all(|s| matches!(s, StreamedStep::Chunk { last: false, .. })),
+            "{what}: {before:?}"
+        );
+        let StreamedStep::Failed(e) = last else {
+            panic!("{what}: the stream ended with {last:?}");
+        };
+        assert_eq!(e.reason, expected_reason(EIO), "{what}");
+        assert_eq!(
+            e.path.as_deref(),
+            Some(table().stable().as_path()),
+            "{what}"
+        );
+        mid_stream += usize::from(!chunks.is_empty());
+    }
+    println!(
+        "faults injected into the reader thread: {injected} ({mid_stream} after some chunks \
+         were handed over)"
+    );
+    assert!(mid_stream >= 3, "only {mid_stream} faults mid-stream");
+}
+
+/// The data of the chunks among `steps`.
+fn streamed_chunks(steps: &[StreamedStep]) -> Vec<Vec<u8>> {
+    steps
+        .iter()
+        .filter_map(|s| match s {
+            StreamedStep::Chunk { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
 }

@@ -4,8 +4,10 @@
 use super::simfs::{SimFs, State};
 use super::{chunks, options};
 use ptable_core::format::encode_legacy;
+use ptable_core::pipeline::restore::STREAMED_CHUNKS;
 use ptable_core::{
-    list_snapshots, CommitOutcome, Fs, PersistSession, Reason, SnapshotId, TableDir,
+    list_snapshots, open_newest_valid, CommitOutcome, Fs, PersistPipeline, PersistSession, Reason,
+    RestorePipeline, SnapshotId, Step, TableDir,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -77,6 +79,125 @@ fn persist_with(
     }
     let outcome = session.commit()?;
     Ok((session, outcome))
+}
+
+/// Where a persist through the writer thread returned its error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Begin,
+    Append,
+    Commit,
+}
+
+/// [`persist_session`] as the NIF runs it: the session goes into a [`PersistPipeline`], every
+/// chunk is queued without waiting when there is room (else waiting), and the commit takes
+/// the session back from the writer thread. On error the pipeline is closed (as
+/// `persist_close` is after every persist) before returning; on success it stays open (and
+/// locked) for a snapshot.
+pub fn persist_threaded(
+    fs: &SimFs,
+    data: &Version,
+) -> Result<(PersistPipeline, CommitOutcome), (ptable_core::Error, Stage)> {
+    let mut session =
+        PersistSession::begin(arc(fs), table(), options(3)).map_err(|e| (e, Stage::Begin))?;
+    session.expect_rows(CLAIMED_ROWS);
+    session.allow_two_streams(true);
+    let pipeline = PersistPipeline::new(session);
+    let queued = data
+        .iter()
+        .try_for_each(|c| match pipeline.try_append(c, 10) {
+            Ok(true) => Ok(()),
+            Ok(false) => pipeline.append(c, 10),
+            Err(e) => Err(e),
+        });
+    let result = match queued {
+        Err(e) => Err((e, Stage::Append)),
+        Ok(()) => match pipeline.with_consumer(|s| s.commit()) {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(e)) | Err(e) => Err((e, Stage::Commit)),
+        },
+    };
+    match result {
+        Ok(outcome) => Ok((pipeline, outcome)),
+        Err(failure) => {
+            pipeline.close();
+            Err(failure)
+        }
+    }
+}
+
+/// What restoring `fs` through the reader thread yields: the chunks handed to the sink up
+/// to a last one, or the reason of the `Failed` step that ended the stream. Every other
+/// sequence of steps (a chunk after the last, `Done` after a chunk not marked last, a
+/// stream that ends without a final step) panics.
+pub fn streamed_restore_outcome(fs: &dyn Fs) -> Outcome {
+    let source = open_newest_valid(fs, &table(), None).map_err(|f| f.error.reason)?;
+    let steps = stream_steps(source.file, true);
+    let mut chunks = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        let final_step = i + 1 == steps.len();
+        match step {
+            StreamedStep::Chunk { data, last, .. } if *last == final_step => {
+                chunks.push(data.clone())
+            }
+            StreamedStep::Done if final_step && i == 0 => {}
+            StreamedStep::Failed(e) if final_step => return Err(e.reason),
+            _ => panic!("step {i} of {}: {step:?}", steps.len()),
+        }
+    }
+    assert!(!steps.is_empty(), "the stream ended without a step");
+    Ok(chunks)
+}
+
+/// A [`Step`](ptable_core::Step) as a sink keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamedStep {
+    Chunk {
+        data: Vec<u8>,
+        rows: Option<u64>,
+        last: bool,
+    },
+    Done,
+    Failed(ptable_core::Error),
+}
+
+/// Streams `file` through the reader thread to a sink that keeps every step, until a final
+/// step; with `ack`, each chunk is acknowledged, without, only the steps the initial credits
+/// allow are awaited. Then closes the pipeline (joining the thread) and adds whatever else
+/// the thread handed over.
+pub fn stream_steps(file: ptable_core::TableFile, ack: bool) -> Vec<StreamedStep> {
+    let pipeline = RestorePipeline::new(file);
+    let (sender, steps) = std::sync::mpsc::channel();
+    let sink = move |step: Step<'_>| {
+        let kept = match step {
+            Step::Chunk {
+                data, rows, last, ..
+            } => StreamedStep::Chunk {
+                data: data.to_vec(),
+                rows,
+                last,
+            },
+            Step::Done => StreamedStep::Done,
+            Step::Failed(e) => StreamedStep::Failed(e),
+        };
+        sender.send(kept).is_ok()
+    };
+    pipeline.stream(sink).expect("the reader thread starts");
+    let mut kept = Vec::new();
+    while ack || kept.len() < STREAMED_CHUNKS as usize {
+        let Ok(step) = steps.recv() else { break };
+        let more = matches!(step, StreamedStep::Chunk { last: false, .. });
+        kept.push(step);
+        if !more {
+            break;
+        }
+        if ack {
+            pipeline.ack();
+        }
+    }
+    pipeline.close();
+    kept.extend(steps.try_iter());
+    kept
 }
 
 pub fn persist(fs: &SimFs, data: &Version) -> ptable_core::Result<PersistSession> {

@@ -316,6 +316,8 @@ impl CallKind {
 pub struct Call {
     pub kind: CallKind,
     pub path: PathBuf,
+    /// The name of the thread that made the call (`ptable_writer`, `ptable_reader`, ...).
+    pub thread: Option<String>,
 }
 
 #[derive(Default)]
@@ -389,6 +391,11 @@ impl SimFs {
         s.fired = None;
     }
 
+    /// Whether a lock guard for `path` is alive.
+    pub fn is_locked(&self, path: &Path) -> bool {
+        self.lock().locks.contains(path)
+    }
+
     pub fn clear_fault(&self) {
         self.lock().fault = None;
     }
@@ -413,6 +420,7 @@ impl SimFs {
         let call = Call {
             kind,
             path: path.to_path_buf(),
+            thread: std::thread::current().name().map(str::to_owned),
         };
         s.calls.push(call.clone());
         match s.fault {
