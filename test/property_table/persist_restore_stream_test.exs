@@ -102,7 +102,8 @@ defmodule PropertyTable.PersistRestoreStreamTest do
       end)
 
     assert_receive :streaming, 5000
-    assert reader_threads() >= 1
+    # The thread names itself once it runs, which may be after restore_stream returned.
+    wait_until(fn -> reader_threads() >= 1 end)
     Process.exit(pid, :kill)
     assert_receive {:DOWN, ^monitor, :process, ^pid, :killed}
     wait_until(fn -> reader_threads() == 0 end)
@@ -150,10 +151,10 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     end)
   end
 
-  defp wait_until(condition, tries \\ 200) do
+  defp wait_until(condition, tries \\ 1000) do
     cond do
       condition.() -> :ok
-      tries == 0 -> flunk("condition not met within 2 s")
+      tries == 0 -> flunk("condition not met within 10 s")
       true -> wait_and_retry(condition, tries)
     end
   end
