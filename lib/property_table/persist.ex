@@ -42,19 +42,24 @@ defmodule PropertyTable.Persist do
     * `:data_directory` - where table directories live. Default `"/tmp/property_table"`.
     * `:table_name` - the table's sub-directory (a string or atom). Defaults to the table's
       name when the table is an atom; required when it is a reference.
-    * `:max_snapshots` - snapshots kept by `save_snapshot/2`. Default `25`.
+    * `:max_snapshots` - snapshots kept by `save_snapshot/2`: a positive integer (any size;
+      a number beyond 2^64 - 1 counts as 2^64 - 1, that is, no limit). Default `25`.
     * `:compression` - `0` (none) to `9` (smallest files). Default `6`.
-    * `:chunk_size` - rows encoded, compressed and written at a time. Default `1000`.
+    * `:chunk_size` - rows encoded, compressed and written at a time: an integer from `1` to
+      `4_294_967_295` (it is stored in the file's header as 32 bits). Default `1000`.
     * `:lock_timeout` - milliseconds to wait for another writer of the same directory
-      (another process or OS process), or `:infinity`. Default `60_000`.
+      (another process or OS process): a non-negative integer (any size), or `:infinity`.
+      Default `60_000`.
     * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
       files that would create atoms (`{:error, :unsafe_term}`). Default `false`.
     * `:max_quarantined` - corrupt files kept aside as `<name>.corrupt-<UTC time>` when a
       restore (or a persist) finds that the stable or backup file does not verify; the
-      oldest beyond this number are deleted. Default `5`.
+      oldest beyond this number are deleted. A positive integer (any size; beyond 2^64 - 1
+      it means no limit). Default `5`.
 
-  Unknown keys are ignored. A known key with a bad value raises `ArgumentError` and touches
-  nothing on disk.
+  Unknown keys are ignored. A known key with a bad value (of the wrong type or out of its
+  range) raises `ArgumentError` naming the option and the values it takes, before anything
+  on disk is touched.
 
   ## Errors
 

@@ -5,6 +5,7 @@ defmodule PropertyTable.PersistOptionsTest do
   """
   use ExUnit.Case, async: true
 
+  import ExUnit.CaptureLog
   import PropertyTable.Persist.TestHelpers
 
   alias PropertyTable.Persist
@@ -46,13 +47,22 @@ defmodule PropertyTable.PersistOptionsTest do
       :"a/b",
       :.
     ],
-    max_snapshots: [0, -1, 1.5, "3", nil, :infinity],
-    compression: [-1, 10, 100, 5.0, "6", nil, :best],
-    chunk_size: [0, -5, 1.0, "10", nil],
-    lock_timeout: [-1, 1.5, "1000", nil, :forever],
+    max_snapshots: [0, -1, -(2 ** 64), 1.5, "3", nil, :infinity],
+    compression: [-1, 10, 100, 2 ** 32, 2 ** 64, 5.0, "6", nil, :best],
+    chunk_size: [0, -5, -(2 ** 64), 2 ** 32, 2 ** 32 + 1, 2 ** 64, 1.0, "10", nil],
+    lock_timeout: [-1, -(2 ** 64), 1.5, "1000", nil, :forever],
     safe: ["true", 1, nil, :yes],
-    max_quarantined: [0, -1, 1.5, nil]
+    max_quarantined: [0, -1, -(2 ** 64), 1.5, nil]
   ]
+
+  # What each integer option's message says about the values it takes.
+  @allowed %{
+    max_snapshots: "must be a positive integer",
+    compression: "must be an integer from 0 to 9",
+    chunk_size: "must be an integer from 1 to 4294967295",
+    lock_timeout: "must be a non-negative integer (milliseconds) or :infinity",
+    max_quarantined: "must be a positive integer"
+  }
 
   for {key, values} <- @bad_values do
     test "a bad #{inspect(key)} raises ArgumentError naming it, for every function, touching nothing",
@@ -70,6 +80,8 @@ defmodule PropertyTable.PersistOptionsTest do
 
         assert error.message =~ inspect(key),
                "#{fun} with #{inspect(key)}: #{inspect(value)} raised #{inspect(error.message)}"
+
+        if allowed = @allowed[key], do: assert(error.message =~ allowed)
       end
 
       assert File.ls!(tmp) == [], "a call with a bad option touched the disk"
@@ -118,6 +130,71 @@ defmodule PropertyTable.PersistOptionsTest do
     end
 
     assert {:ok, sort(data)} == restore_fresh(opts)
+  end
+
+  test "the largest chunk_size works, and one more is refused", %{tmp_dir: tmp} do
+    data = realistic_pairs(50)
+    table = new_table(data)
+    opts = [data_directory: tmp, table_name: "t", chunk_size: 2 ** 32 - 1]
+
+    assert :ok = Persist.persist_to_disk(table, opts)
+    assert {:ok, _} = Persist.save_snapshot(table, opts)
+    assert {:ok, sort(data)} == restore_fresh(opts)
+
+    error =
+      assert_raise ArgumentError, fn ->
+        Persist.persist_to_disk(table, Keyword.put(opts, :chunk_size, 2 ** 32))
+      end
+
+    assert error.message ==
+             "invalid value for option :chunk_size: 4294967296 (must be an integer from 1 to 4294967295)"
+  end
+
+  test "retention counts and lock_timeout beyond 64 bits mean no limit", %{tmp_dir: tmp} do
+    table = new_table([{["a"], 1}])
+
+    for {huge, n} <- Enum.with_index([2 ** 64 - 1, 2 ** 64, 2 ** 200]) do
+      opts = [data_directory: tmp, table_name: "t#{n}", lock_timeout: huge]
+
+      for _ <- 1..3 do
+        assert {:ok, _} = Persist.save_snapshot(table, [max_snapshots: huge] ++ opts)
+      end
+
+      assert length(Persist.get_snapshot_list(opts)) == 3
+
+      # Each round corrupts a new stable file for the restore to quarantine (restoring the
+      # backup).
+      for value <- [10, 11] do
+        :ets.insert(table, {["a"], value, 0})
+        assert :ok = Persist.persist_to_disk(table, opts)
+        File.write!(stable_path(tmp, "t#{n}"), "garbage")
+
+        capture_log(fn ->
+          assert {:ok, [{["a"], _}]} = restore_fresh([max_quarantined: huge] ++ opts)
+        end)
+      end
+
+      assert [_, _] = Path.wildcard(Path.join(table_dir(tmp, "t#{n}"), "*.corrupt-*"))
+    end
+  end
+
+  test "a refused call leaves an existing table directory exactly as it was",
+       %{tmp_dir: tmp} do
+    table = new_table([{["a"], 1}])
+    opts = [data_directory: tmp, table_name: "t"]
+    assert {:ok, _} = Persist.save_snapshot(table, opts)
+    :ets.insert(table, {["b"], 2, 0})
+    assert :ok = Persist.persist_to_disk(table, opts)
+    before = {Path.wildcard(Path.join(tmp, "**"), match_dot: true), tree(tmp)}
+
+    for {key, values} <- @bad_values,
+        key not in [:data_directory, :table_name],
+        value <- values,
+        {_fun, call} <- calls(table) do
+      assert_raise ArgumentError, fn -> call.(Keyword.put(opts, key, value)) end
+    end
+
+    assert before == {Path.wildcard(Path.join(tmp, "**"), match_dot: true), tree(tmp)}
   end
 
   test "unknown keys are ignored", %{tmp_dir: tmp} do

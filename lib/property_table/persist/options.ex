@@ -16,16 +16,21 @@ defmodule PropertyTable.Persist.Options do
 
   defstruct [:table_dir | Keyword.keys(@defaults) ++ [:table_name]]
 
+  # The NIF decodes `:chunk_size` as a u32 (it is also stored in the file's header as one)
+  # and the retention counts as u64s.
+  @max_chunk_size 0xFFFF_FFFF
+  @max_count 0xFFFF_FFFF_FFFF_FFFF
+
   @type t :: %__MODULE__{
           data_directory: String.t(),
           table_name: String.t(),
           table_dir: String.t(),
-          max_snapshots: pos_integer(),
+          max_snapshots: 1..0xFFFF_FFFF_FFFF_FFFF,
           compression: 0..9,
-          chunk_size: pos_integer(),
+          chunk_size: 1..0xFFFF_FFFF,
           lock_timeout: non_neg_integer() | :infinity,
           safe: boolean(),
-          max_quarantined: pos_integer()
+          max_quarantined: 1..0xFFFF_FFFF_FFFF_FFFF
         }
 
   @doc false
@@ -51,12 +56,12 @@ defmodule PropertyTable.Persist.Options do
     opts = %__MODULE__{
       data_directory: data_directory!(values[:data_directory]),
       table_name: table_name!(Keyword.get(options, :table_name), table),
-      max_snapshots: pos_integer!(:max_snapshots, values[:max_snapshots]),
+      max_snapshots: count!(:max_snapshots, values[:max_snapshots]),
       compression: compression!(values[:compression]),
-      chunk_size: pos_integer!(:chunk_size, values[:chunk_size]),
+      chunk_size: chunk_size!(values[:chunk_size]),
       lock_timeout: lock_timeout!(values[:lock_timeout]),
       safe: boolean!(:safe, values[:safe]),
-      max_quarantined: pos_integer!(:max_quarantined, values[:max_quarantined])
+      max_quarantined: count!(:max_quarantined, values[:max_quarantined])
     }
 
     %{opts | table_dir: Path.join(opts.data_directory, opts.table_name)}
@@ -97,8 +102,15 @@ defmodule PropertyTable.Persist.Options do
 
   defp table_name!(name, _table), do: bad!(:table_name, name, "must be a string or an atom")
 
-  defp pos_integer!(_key, value) when is_integer(value) and value > 0, do: value
-  defp pos_integer!(key, value), do: bad!(key, value, "must be a positive integer")
+  # A number of files to keep: a count beyond what a directory can hold keeps them all, so
+  # larger values than the NIF can take mean the same as its largest.
+  defp count!(_key, value) when is_integer(value) and value > 0, do: min(value, @max_count)
+  defp count!(key, value), do: bad!(key, value, "must be a positive integer")
+
+  defp chunk_size!(rows) when is_integer(rows) and rows in 1..@max_chunk_size, do: rows
+
+  defp chunk_size!(rows),
+    do: bad!(:chunk_size, rows, "must be an integer from 1 to #{@max_chunk_size}")
 
   defp compression!(level) when level in 0..9, do: level
   defp compression!(level), do: bad!(:compression, level, "must be an integer from 0 to 9")

@@ -99,6 +99,12 @@ fn persist_begin<'a>(
     ok_tuple(env, session)
 }
 
+/// A number of files to keep, decoded as a u64 on every target: more than `usize` can count
+/// keeps them all, as the largest `usize` does.
+fn count_limit(count: u64) -> usize {
+    usize::try_from(count).unwrap_or(usize::MAX)
+}
+
 /// Runs `f` on the session once the writer thread has written every chunk, or returns the
 /// error that ended the session.
 fn with_session<'a>(
@@ -151,9 +157,9 @@ fn persist_commit<'a>(env: Env<'a>, session: Session, release: bool) -> Term<'a>
 
 /// After a commit: copies the stable file to a new snapshot, applies retention.
 #[rustler::nif(schedule = "DirtyIo")]
-fn persist_snapshot<'a>(env: Env<'a>, session: Session, max_snapshots: usize) -> Term<'a> {
+fn persist_snapshot<'a>(env: Env<'a>, session: Session, max_snapshots: u64) -> Term<'a> {
     with_session(env, &session, |s| {
-        let id = s.snapshot(max_snapshots, &mut SnapshotId::random);
+        let id = s.snapshot(count_limit(max_snapshots), &mut SnapshotId::random);
         ok_tuple(env, id.map(|id| id.as_str().to_owned()))
     })
 }

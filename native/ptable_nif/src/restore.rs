@@ -4,7 +4,7 @@
 //! returned by `restore_rows` for a file of one (starting a thread would be a measurable part
 //! of a small table's restore, with nothing to overlap).
 
-use crate::{atom_term, atoms, error_term, path_from, path_term, reason_atom};
+use crate::{atom_term, atoms, count_limit, error_term, path_from, path_term, reason_atom};
 use ptable_core::etf::uncompressed_term;
 use ptable_core::{open_newest_valid, Error, RestorePipeline, StdFs, Step, TableDir};
 use rustler::{Atom, Binary, Encoder, Env, OwnedEnv, Resource, ResourceArc, Term};
@@ -22,9 +22,9 @@ impl Resource for ReaderResource {}
 /// `{:ok, reader, kind, path, failures, quarantined, chunk_count}` or
 /// `{:error, reason, path, failures, quarantined}`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: usize) -> Term<'a> {
+fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: u64) -> Term<'a> {
     let dir = TableDir::new(path_from(&dir));
-    match open_newest_valid(&StdFs, &dir, Some(max_quarantined)) {
+    match open_newest_valid(&StdFs, &dir, Some(count_limit(max_quarantined))) {
         Ok(source) => {
             let kind = atom_term(env, source.kind.as_str(), atoms::nil());
             let path = path_term(env, Some(source.file.path()));
