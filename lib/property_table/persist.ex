@@ -75,7 +75,7 @@ defmodule PropertyTable.Persist do
 
   require Logger
 
-  alias PropertyTable.Persist.{Error, Native, Options}
+  alias PropertyTable.Persist.{Error, Native, Options, Rollback}
 
   @typedoc "An ETS table: its name or its reference."
   @type table :: :ets.table()
@@ -87,9 +87,6 @@ defmodule PropertyTable.Persist do
   # {property, value} pair can equal.
   @bad_row :__property_table_persist_bad_row__
   @row_spec [{{:"$1", :"$2", :_}, [], [{{:"$1", :"$2"}}]}, {:_, [], [@bad_row]}]
-
-  # Rows per :ets.select/3 batch when a restore keeps a table's previous rows aside.
-  @copy_chunk_rows 1000
 
   @doc """
   Writes the whole table to disk.
@@ -144,6 +141,15 @@ defmodule PropertyTable.Persist do
   table's contents are replaced. Every row gets the same `System.monotonic_time/0`
   timestamp. On failure the table is left as it was (and none is created): its previous
   rows are kept aside until the last chunk is in, and put back if a chunk fails.
+
+  The same holds when the calling process is killed mid-restore. A public table that
+  outlives the caller (owned by another process, or given an heir) has its previous rows
+  kept by a helper process, which puts them back unless the restore completed: once the
+  caller is gone and the helper has ended, such a table holds exactly its old rows or
+  exactly the file's (meanwhile readers may see a part of either, as during any restore).
+  A table the caller owns otherwise dies with it; a private or protected table of the
+  caller that has an heir passes to the heir as the caller left it (possibly a part of the
+  file's rows).
 
   Returns `{:error, :enoent}` when there is nothing to restore, `{:error, :bad_checksum}`,
   `{:error, :bad_file}` or `{:error, :not_a_regular_file}` when files exist but none verifies
@@ -400,7 +406,7 @@ defmodule PropertyTable.Persist do
   # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
   # other processes write), encodes each chunk and hands it to the writer.
   defp stream_table(table, session, opts, operation) do
-    fixed = fix_table(table, true)
+    fixed = Rollback.fix_table(table, true)
 
     try do
       table
@@ -409,7 +415,7 @@ defmodule PropertyTable.Persist do
     rescue
       ArgumentError -> {:error, error(:no_table, nil, operation)}
     after
-      if fixed, do: fix_table(table, false)
+      if fixed, do: Rollback.fix_table(table, false)
     end
   end
 
@@ -426,12 +432,6 @@ defmodule PropertyTable.Persist do
         error -> error
       end
     end
-  end
-
-  defp fix_table(table, fix?) do
-    :ets.safe_fixtable(table, fix?)
-  rescue
-    ArgumentError -> false
   end
 
   ## Restore
@@ -470,97 +470,29 @@ defmodule PropertyTable.Persist do
   # fail on the way in: a read error, a file replaced on disk meanwhile, a checksummed
   # payload from another writer that does not decode, or (with `safe: true`) an unknown
   # atom. So the table's previous rows are kept aside until the last chunk is in and put
-  # back on failure: the table ends up holding the whole file or what it held before.
+  # back on failure, or when this process dies before (see `Rollback`): the table ends up
+  # holding the whole file or what it held before.
   defp load_verified(table, reader, chunks, path, opts) do
-    with {:ok, target, previous} <- prepare_target(table) do
-      try do
-        insert_chunks(target, reader, chunks, path, System.monotonic_time(), opts.safe)
-      catch
-        kind, reason ->
-          roll_back(target, previous)
-          :erlang.raise(kind, reason, __STACKTRACE__)
-      else
-        :ok ->
-          :ok
+    case Rollback.set_aside(table) do
+      {:ok, target, previous} ->
+        try do
+          insert_chunks(target, reader, chunks, path, System.monotonic_time(), opts.safe)
+        catch
+          kind, reason ->
+            Rollback.undo(previous)
+            :erlang.raise(kind, reason, __STACKTRACE__)
+        else
+          :ok ->
+            Rollback.commit(previous)
 
-        {:error, _} = error ->
-          roll_back(target, previous)
-          error
-      after
-        drop_saved(previous)
-      end
+          {:error, _} = error ->
+            Rollback.undo(previous)
+            error
+        end
+
+      :no_table ->
+        {:error, error(:no_table, nil, :restore_from_disk)}
     end
-  end
-
-  # Returns the table to fill and what it held: `:created` (a named table made here, to be
-  # deleted on failure), `:empty`, or `{:saved, copy}` (a private copy of its rows).
-  # A table this process may not write (protected, owned elsewhere) is `:no_table`.
-  defp prepare_target(table) do
-    cond do
-      is_atom(table) and not table_exists?(table) ->
-        {:ok, :ets.new(table, [:named_table, :public, :set]), :created}
-
-      :ets.info(table, :size) == 0 ->
-        :ets.delete_all_objects(table)
-        {:ok, table, :empty}
-
-      true ->
-        {:ok, table, {:saved, move_rows_aside(table)}}
-    end
-  rescue
-    ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
-  end
-
-  defp move_rows_aside(table) do
-    saved = :ets.new(__MODULE__, [:duplicate_bag, :private, keypos: :ets.info(table, :keypos)])
-
-    try do
-      copy_rows(table, saved)
-      :ets.delete_all_objects(table)
-      saved
-    rescue
-      error ->
-        :ets.delete(saved)
-        reraise error, __STACKTRACE__
-    end
-  end
-
-  defp roll_back(target, :created), do: delete_table(target)
-
-  defp roll_back(target, previous) do
-    :ets.delete_all_objects(target)
-    with {:saved, saved} <- previous, do: copy_rows(saved, target)
-  rescue
-    # Deleted by its owner meanwhile: nothing left to put back.
-    ArgumentError -> :ok
-  end
-
-  defp drop_saved({:saved, saved}), do: :ets.delete(saved)
-  defp drop_saved(_previous), do: :ok
-
-  defp delete_table(table) do
-    :ets.delete(table)
-  rescue
-    ArgumentError -> true
-  end
-
-  defp copy_rows(from, to) do
-    fixed? = fix_table(from, true)
-
-    try do
-      from
-      |> :ets.select([{:_, [], [:"$_"]}], @copy_chunk_rows)
-      |> copy_selected(to)
-    after
-      if fixed?, do: fix_table(from, false)
-    end
-  end
-
-  defp copy_selected(:"$end_of_table", _to), do: :ok
-
-  defp copy_selected({rows, continuation}, to) do
-    :ets.insert(to, rows)
-    continuation |> :ets.select() |> copy_selected(to)
   end
 
   # A file of several chunks is streamed: a thread of the NIF reads, decompresses and
