@@ -36,6 +36,8 @@ defmodule PropertyTable.Persist do
   backup, renames the new file into place and fsyncs the directory. A power cut at any
   moment leaves a complete file holding the old or the new contents, and
   `restore_from_disk/2` loads the newest file that verifies (every chunk is checksummed).
+  A restore leaves the table holding the whole file or what it held before, also when the
+  calling process is killed mid-restore (see `restore_from_disk/2` for the details).
 
   ## Options
 
