@@ -30,6 +30,18 @@ impl FileRole {
     }
 }
 
+/// What inspecting a file found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileStatus {
+    /// The file verifies completely ([`TableFile::verify`]).
+    Valid,
+    /// Its header is sound, and its contents were not read (inspecting without `verify`):
+    /// no verdict either way.
+    Unverified,
+    /// The file cannot be used, for this reason.
+    Invalid(Reason),
+}
+
 /// What is known about one file.
 #[derive(Debug, Clone)]
 pub struct FileReport {
@@ -39,12 +51,12 @@ pub struct FileReport {
     pub modified_unix_us: i64,
     /// `None` when the header could not be read.
     pub header: Option<FileHeader>,
-    /// `Ok` when the file verifies (or, without `verify`, when its header is sound).
-    pub status: std::result::Result<(), Reason>,
+    pub status: FileStatus,
 }
 
 /// Reports on stable, backup, tmp, quarantined files and snapshots (oldest first).
-/// With `verify`, every chunk is read, decompressed and checked against its hashes.
+/// With `verify`, every file is verified completely; without, only headers are read and a
+/// sound one is [`FileStatus::Unverified`].
 pub fn inspect_dir(fs: &dyn Fs, dir: &TableDir, verify: bool) -> Result<Vec<FileReport>> {
     match fs.metadata(dir.root()) {
         Ok(meta) if meta.is_dir => {}
@@ -92,20 +104,17 @@ fn report(fs: &dyn Fs, role: FileRole, path: PathBuf, verify: bool) -> Option<Fi
     })
 }
 
-fn check(
-    fs: &dyn Fs,
-    path: &Path,
-    verify: bool,
-) -> (Option<FileHeader>, std::result::Result<(), Reason>) {
+fn check(fs: &dyn Fs, path: &Path, verify: bool) -> (Option<FileHeader>, FileStatus) {
     match TableFile::open(fs, path) {
-        Err(e) => (None, Err(e.reason)),
+        Err(e) => (None, FileStatus::Invalid(e.reason)),
         Ok(mut file) => {
             let header = Some(*file.header());
-            if verify {
-                (header, file.verify(true).map_err(|e| e.reason))
-            } else {
-                (header, Ok(()))
-            }
+            let status = match verify.then(|| file.verify()) {
+                None => FileStatus::Unverified,
+                Some(Ok(())) => FileStatus::Valid,
+                Some(Err(e)) => FileStatus::Invalid(e.reason),
+            };
+            (header, status)
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use error::{Error, Reason, Result};
 pub use fs::{Fs, StdFs};
-pub use inspect::{inspect_dir, FileReport, FileRole};
+pub use inspect::{inspect_dir, FileReport, FileRole, FileStatus};
 pub use pipeline::{ChunkConsumer, PersistPipeline, RestorePipeline, Step, StepSink};
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;

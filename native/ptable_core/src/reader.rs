@@ -172,32 +172,37 @@ impl TableFile {
         Ok(())
     }
 
-    /// Reads the whole payload and checks every checksum and length, without decompressing
-    /// (`deep` also decompresses every chunk and checks its content hash), then rewinds.
-    pub fn verify(&mut self, deep: bool) -> Result<()> {
+    /// The one definition of a valid file, used for every decision (restore, rotation, the
+    /// unchanged-table check, snapshots, inspect): reads the whole payload and checks
+    /// everything the format carries — for version 2 the frame CRCs, every chunk
+    /// decompressed to exactly its `raw_len` with its XXH3-64, the frames' rows and bytes
+    /// against the header's totals and the XXH3-128 content digest; for a legacy file its
+    /// MD5 — then rewinds. (The header CRC and the file's length were checked at open.)
+    pub fn verify(&mut self) -> Result<()> {
         self.rewind()?;
         let result = match self.header {
             FileHeader::Legacy { payload_len } => self.verify_legacy(payload_len),
-            FileHeader::Current(h) => self.verify_frames(h, deep),
+            FileHeader::Current(h) => self.verify_frames(h),
         };
         self.rewind()?;
         result
     }
 
-    fn verify_frames(&mut self, h: HeaderV2, deep: bool) -> Result<()> {
+    fn verify_frames(&mut self, h: HeaderV2) -> Result<()> {
         let mut out = Vec::new();
         while let Some(fh) = self.next_frame(&h)? {
-            if deep {
-                let len = self.checked_raw_len(&fh)?;
-                out.clear();
-                out.resize(len, 0);
-                self.decompress_checked(&fh, &mut out)?;
-            }
+            self.check_content(&fh, &mut out)?;
         }
-        if deep {
-            self.check_digest(&h)?;
-        }
-        Ok(())
+        self.check_digest(&h)
+    }
+
+    /// Decompresses the frame just read into `out` (reused between frames) and checks its
+    /// length and content hash, adding it to the digest.
+    fn check_content(&mut self, fh: &FrameHeader, out: &mut Vec<u8>) -> Result<()> {
+        let len = self.checked_raw_len(fh)?;
+        out.clear();
+        out.resize(len, 0);
+        self.decompress_checked(fh, out)
     }
 
     fn verify_legacy(&mut self, payload_len: u64) -> Result<()> {
@@ -275,8 +280,9 @@ impl TableFile {
         Ok(Some(Chunk { data, rows: None }))
     }
 
-    /// For a version 2 file: the next frame's header and stored bytes, CRC-checked; `None`
-    /// after the last frame, once the totals matched the header.
+    /// For a version 2 file: the next frame's header and stored bytes, CRC-checked but not
+    /// decompressed (that is [`verify`](Self::verify)'s job); `None` after the last frame,
+    /// once the totals matched the header.
     pub fn next_stored_frame(&mut self) -> Result<Option<(FrameHeader, &[u8])>> {
         let FileHeader::Current(h) = self.header else {
             return Err(self.bad_file());
@@ -370,7 +376,8 @@ impl TableFile {
         }
     }
 
-    /// Copies this file to `out`, checking every frame as it goes. A version 2 file gets a
+    /// Copies this file to `out`, checking it as [`verify`](Self::verify) does on the way
+    /// (one pass: the copy is only good when this returns `Ok`). A version 2 file gets a
     /// new header carrying `stamp` (so a copy has its own place in the ordering); a legacy
     /// file is copied byte for byte. `out` is not synced.
     pub fn copy_to(
@@ -390,12 +397,15 @@ impl TableFile {
                 };
                 out.write_all(&header.encode()).map_err(out_err)?;
                 let mut head = Vec::with_capacity(FRAME_HEADER_LEN);
+                let mut content = Vec::new();
                 while let Some(fh) = self.next_frame(&h)? {
+                    self.check_content(&fh, &mut content)?;
                     head.clear();
                     fh.encode_into(&mut head);
                     out.write_all(&head).map_err(out_err)?;
                     out.write_all(&self.scratch).map_err(out_err)?;
                 }
+                self.check_digest(&h)?;
             }
             FileHeader::Legacy { payload_len } => {
                 let mut md5 = Md5::new();

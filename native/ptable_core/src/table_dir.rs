@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh3::Xxh3;
 
 pub const STABLE: &str = "data.ptable";
 pub const BACKUP: &str = "data.ptable.backup";
@@ -126,12 +126,13 @@ fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>)
     newest.saturating_add(1)
 }
 
-/// Makes the synced tmp file the stable file (see the module documentation). A stable file
-/// that exists but does not verify is moved aside as evidence, never rotated into the backup.
+/// Makes the synced tmp file the stable file (see the module documentation). Only a stable
+/// file that verifies completely ([`TableFile::verify`]) becomes the backup; one that exists
+/// but does not is moved aside as evidence, so it never pushes out a good backup.
 fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
     let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
-    match TableFile::open(fs, &stable).and_then(|mut f| f.verify(false)) {
-        Ok(()) => rotate_into_backup(fs, dir, &stable, &backup)?,
+    match open_verified(fs, &stable) {
+        Ok(_) => rotate_into_backup(fs, dir, &stable, &backup)?,
         Err(e) if e.reason.is_corruption() => {
             quarantine_file(fs, dir, &stable, DEFAULT_MAX_QUARANTINED)?;
         }
@@ -243,9 +244,9 @@ fn remove_if_present(fs: &dyn Fs, path: &Path) {
 pub enum CommitOutcome {
     /// A new stable file was installed.
     Written,
-    /// The table's encoding equals the stable file's (same options, every chunk's hash and
-    /// the whole-file digest, and the stable file verified in full on the way): nothing was
-    /// written, which spares flash.
+    /// The table's encoding equals the stable file's (same options, every chunk byte for
+    /// byte), and the stable file verified completely on the way: nothing was written, which
+    /// spares flash.
     Unchanged,
 }
 
@@ -254,6 +255,8 @@ enum Mode {
     Comparing {
         stable: Box<TableFile>,
         matched: u64,
+        /// The stable file's current chunk, decompressed.
+        chunk: Vec<u8>,
     },
     Writing(Box<ChunkWriter>),
 }
@@ -261,8 +264,9 @@ enum Mode {
 /// One persist: holds the directory lock from `begin` until dropped, streams chunks into the
 /// tmp file, installs it on `commit`, and can then take a snapshot of the result.
 ///
-/// While the chunks match the stable file's (same length, rows and XXH3-64, read and
-/// CRC-checked frame by frame), nothing is written. At the first difference the tmp file is
+/// While the chunks match the stable file's (each stable chunk read, decompressed and checked
+/// as [`TableFile::verify`] does, then compared byte for byte), nothing is written. At the
+/// first difference the tmp file is
 /// started with the matched chunks taken from the stable file: its frames copied (a
 /// one-stream zstd file), or decompressed, checked and compressed again.
 pub struct PersistSession {
@@ -291,6 +295,7 @@ impl PersistSession {
             Some(stable) => Mode::Comparing {
                 stable: Box::new(stable),
                 matched: 0,
+                chunk: Vec::new(),
             },
             None => match ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp) {
                 Ok(writer) => Mode::Writing(Box::new(writer)),
@@ -354,14 +359,12 @@ impl PersistSession {
         match self.mode.as_mut() {
             None => Err(Error::without_path(Reason::Closed)),
             Some(Mode::Writing(writer)) => writer.append(raw, rows),
-            Some(Mode::Comparing { stable, matched }) => {
-                let same = matches!(
-                    stable.next_stored_frame(),
-                    Ok(Some((fh, _))) if fh.raw_len == raw.len() as u64
-                        && fh.row_count == rows
-                        && fh.raw_hash == xxh3_64(raw)
-                );
-                if same {
+            Some(Mode::Comparing {
+                stable,
+                matched,
+                chunk,
+            }) => {
+                if next_chunk_equals(stable, chunk, raw, rows) {
                     *matched += 1;
                     return Ok(());
                 }
@@ -378,6 +381,7 @@ impl PersistSession {
         if let Some(Mode::Comparing {
             mut stable,
             matched,
+            ..
         }) = self.mode.take()
         {
             let mut writer =
@@ -418,8 +422,11 @@ impl PersistSession {
             let FileHeader::Current(h) = *stable.header() else {
                 return Err(Error::new(Reason::BadFile, stable.path()));
             };
-            // All frames matched, and reading past the last checks the header's totals.
-            if matches!(stable.next_stored_frame(), Ok(None)) && h.content_digest == digest {
+            // Every chunk matched; reading past the last checks the header's totals and the
+            // content digest, so the stable file has now verified completely.
+            let verified =
+                stable.chunks_left() == 0 && matches!(stable.next_chunk(no_buffer), Ok(None));
+            if verified && h.content_digest == digest {
                 self.mode = None;
                 // The stable file may have been renamed in by a commit whose directory fsync
                 // failed: make its name durable before reporting success.
@@ -504,6 +511,25 @@ fn copy_matched_frames(
         writer.append_copied(&fh, stored)?;
     }
     Ok(true)
+}
+
+/// Whether the next chunk of `stable`, read and checked in full (frame CRC, decompression to
+/// its length, content hash), is `raw` with `rows` rows. A chunk of another length is not
+/// decompressed: it differs anyway. `buffer` holds the decompressed chunk.
+fn next_chunk_equals(stable: &mut TableFile, buffer: &mut Vec<u8>, raw: &[u8], rows: u64) -> bool {
+    let chunk = stable.next_chunk(|len| {
+        (len == raw.len()).then(|| {
+            buffer.clear();
+            buffer.resize(len, 0);
+            buffer.as_mut_slice()
+        })
+    });
+    matches!(chunk, Ok(Some(c)) if c.rows == Some(rows) && &*c.data == raw)
+}
+
+/// An allocator for [`TableFile::next_chunk`] past the last chunk, where nothing is read.
+fn no_buffer(_len: usize) -> Option<Vec<u8>> {
+    None
 }
 
 /// Whether the stable file is a version 2 file written with the same options, so that an
@@ -630,19 +656,15 @@ fn quarantine_corrupt(
     };
     corrupt
         .iter()
-        .filter(|path| {
-            matches!(
-                TableFile::open(fs, path).and_then(|mut f| f.verify(false)),
-                Err(e) if e.reason.is_corruption()
-            )
-        })
+        .filter(|path| matches!(open_verified(fs, path), Err(e) if e.reason.is_corruption()))
         .filter_map(|path| quarantine_file(fs, dir, path, max).ok())
         .collect()
 }
 
+/// Opens `path` and verifies it completely; the file is rewound to its first chunk.
 fn open_verified(fs: &dyn Fs, path: &Path) -> Result<TableFile> {
     let mut file = TableFile::open(fs, path)?;
-    file.verify(false)?;
+    file.verify()?;
     Ok(file)
 }
 

@@ -281,6 +281,7 @@ fn explore(scn: &Scenario) -> Report {
 fn scenarios() -> Vec<Scenario> {
     let (empty, snapshot_only, full) = (start_empty(), start_snapshot_only(), start_full());
     let rotten = start_full_rotten_stable();
+    let forged = start_full_forged_stable();
     let after_failed_sync = start_after_failed_dir_sync(&version(5));
     let new = version(5);
     let snapshot = |max| Op::PersistAndSnapshot {
@@ -314,6 +315,13 @@ fn scenarios() -> Vec<Scenario> {
         ),
         // The rotten stable file is quarantined, the good backup stays.
         Scenario::new(&rotten, Op::Persist(new.clone())),
+        // Its CRCs pass, its contents do not: the same, and its own table is not unchanged.
+        Scenario::new(&forged, Op::Persist(new.clone())),
+        Scenario::labelled(
+            "persist of the forged file's table",
+            &forged,
+            Op::Persist(version(3)),
+        ),
         Scenario::new(&empty, snapshot(2)),
         Scenario::new(&full, snapshot(3)),
         // Retention shrinking below what is there: two deletions in one snapshot.

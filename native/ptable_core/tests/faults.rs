@@ -246,7 +246,7 @@ impl Picture {
             })
             .collect();
         let stable_verifies = TableFile::open(fs, &t.stable())
-            .and_then(|mut f| f.verify(false))
+            .and_then(|mut f| f.verify())
             .is_ok();
         let durable = SimFs::from_state(durable_only(&state));
         Picture {
@@ -548,6 +548,7 @@ fn inject_all(scn: &Scenario) -> Tally {
 fn scenarios() -> Vec<Scenario> {
     let (empty, snapshot_only, full) = (start_empty(), start_snapshot_only(), start_full());
     let rotten = start_full_rotten_stable();
+    let forged = start_full_forged_stable();
     let snapshot = |max| Op::Snapshot {
         data: version(5),
         max,
@@ -580,6 +581,12 @@ fn scenarios() -> Vec<Scenario> {
             threaded(version(3)),
         ),
         Scenario::new("persist (writer thread)", &rotten, threaded(version(5))),
+        Scenario::new("persist", &forged, Op::Persist(version(5))),
+        Scenario::new(
+            "persist of the forged file's table",
+            &forged,
+            Op::Persist(version(3)),
+        ),
         Scenario::new("snapshot(max 2)", &empty, snapshot(2)),
         Scenario::new("snapshot(max 2)", &full, snapshot(2)),
         Scenario::new("restore_snapshot", &snapshot_only, Op::RestoreSnapshot(0)),

@@ -177,7 +177,7 @@ fn large_files_are_written_with_two_streams_and_small_ones_with_one() {
             panic!("not v2")
         };
         assert_eq!(h.codec, codec, "level {level} count {count} size {size}");
-        file.verify(true).unwrap();
+        file.verify().unwrap();
         assert_eq!(read_all(&mut file).unwrap(), data);
     }
 }

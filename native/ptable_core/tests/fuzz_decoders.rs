@@ -13,7 +13,7 @@
 //!
 //! Each input is written as the stable file of an in-memory table directory (sometimes with
 //! a valid backup beside it, sometimes also as a snapshot) and goes through `TableFile::open`,
-//! `verify(false)`, `verify(true)`, `next_chunk` to the end, `next_stored_frame` to the end,
+//! `next_stored_frame` to the end (frame CRCs only), `verify`, `next_chunk` to the end,
 //! `copy_to`, `inspect_dir` and `open_newest_valid`; a legacy payload that decodes is also
 //! inflated as restore does (`etf::uncompressed_term`). Asserted:
 //!
@@ -21,7 +21,10 @@
 //!   one input takes more than `PTABLE_FUZZ_HANG_SECS`, default 30 s);
 //! * bounded allocation: the live bytes allocated by the core while handling one input stay
 //!   under 16 MiB + 130 x the input's length, whatever the headers claim;
-//! * every error is `bad_file` or `bad_checksum`, and the entry points agree with each other;
+//! * every error is `bad_file` or `bad_checksum`, and the entry points agree with each other:
+//!   `verify`, reading every chunk, `copy_to`, inspect and restore's choice all accept
+//!   exactly the same files (one definition of valid), and frame CRCs alone never accept
+//!   less;
 //! * an inflated payload equals a plain inflate of its zlib stream (or both fail);
 //! * when the core returns data, an independent reference decoder written below (slices,
 //!   no code shared with the reader) accepts the file and decodes exactly the same chunks; and
@@ -34,8 +37,8 @@ use md5::Digest;
 use ptable_core::format::{encode_legacy, FRAME_HEADER_LEN};
 use ptable_core::fs::{EntryMeta, Fs, LockGuard, ReadFile, WriteFile};
 use ptable_core::{
-    inspect_dir, open_newest_valid, ChunkWriter, FileRole, Reason, SourceKind, Stamp, TableDir,
-    TableFile, WriteOptions,
+    inspect_dir, open_newest_valid, ChunkWriter, FileRole, FileStatus, Reason, SourceKind, Stamp,
+    TableDir, TableFile, WriteOptions,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -1344,6 +1347,21 @@ fn check_uncompressed_term(term: &[u8]) -> Option<String> {
     })
 }
 
+/// Reads every frame, checking its CRC, and the totals at the end, without decompressing
+/// (as persist does to copy frames); a legacy file, which has no frames, is verified.
+fn frames_only(f: &mut TableFile) -> ptable_core::Result<()> {
+    if !matches!(f.header(), ptable_core::FileHeader::Current(_)) {
+        return f.verify();
+    }
+    f.rewind()?;
+    let result = (|| {
+        while f.next_stored_frame()?.is_some() {}
+        Ok(())
+    })();
+    f.rewind()?;
+    result
+}
+
 fn corruption(r: &ptable_core::Result<impl Sized>) -> bool {
     match r {
         Ok(_) => true,
@@ -1354,8 +1372,10 @@ fn corruption(r: &ptable_core::Result<impl Sized>) -> bool {
 /// The core's view of one input, gathered with allocation tracking on.
 struct CoreView {
     open_err: Option<Reason>,
-    shallow: Option<Result<(), Reason>>,
-    deep: Option<Result<(), Reason>>,
+    /// Frame CRCs and totals only (a legacy file: its MD5).
+    frames: Option<Result<(), Reason>>,
+    /// `verify`: the one definition of a valid file.
+    valid: Option<Result<(), Reason>>,
     read: Option<ptable_core::Result<Vec<Vec<u8>>>>,
     problems: Vec<String>,
     fell_back: bool,
@@ -1364,8 +1384,8 @@ struct CoreView {
 fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
     let mut v = CoreView {
         open_err: None,
-        shallow: None,
-        deep: None,
+        frames: None,
+        valid: None,
         read: None,
         problems: Vec::new(),
         fell_back: false,
@@ -1379,44 +1399,32 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
             v.open_err = Some(e.reason);
         }
         Ok(mut f) => {
-            let shallow = f.verify(false);
-            let deep = f.verify(true);
+            let frames = frames_only(&mut f);
+            let valid = f.verify();
             let read = read_all(&mut f);
             for (what, ok) in [
-                ("verify(false)", corruption(&shallow)),
-                ("verify(true)", corruption(&deep)),
+                ("next_stored_frame", corruption(&frames)),
+                ("verify", corruption(&valid)),
                 ("next_chunk", corruption(&read)),
             ] {
                 if !ok {
                     v.problems.push(format!("{what}: not a corruption error"));
                 }
             }
-            if deep.is_ok() && shallow.is_err() {
+            if valid.is_ok() && frames.is_err() {
                 v.problems
-                    .push("verify(true) ok but verify(false) not".into());
+                    .push("verify ok but a frame CRC or total fails".into());
             }
             // What a restore does next with a legacy payload: inflate a compressed term.
             for chunk in read.iter().flatten() {
                 v.problems.extend(check_uncompressed_term(chunk));
             }
-            if read.is_ok() != deep.is_ok() {
+            if read.is_ok() != valid.is_ok() {
                 v.problems.push(format!(
-                    "next_chunk {:?} disagrees with verify(true) {:?}",
+                    "next_chunk {:?} disagrees with verify {:?}",
                     read.as_ref().err(),
-                    deep
+                    valid
                 ));
-            }
-            // Frame by frame, as persist and snapshots copy them.
-            if matches!(f.header(), ptable_core::FileHeader::Current(_)) {
-                let frames = (|| {
-                    f.rewind()?;
-                    while f.next_stored_frame()?.is_some() {}
-                    f.rewind()
-                })();
-                if frames.is_ok() != shallow.is_ok() {
-                    v.problems
-                        .push("next_stored_frame disagrees with verify(false)".into());
-                }
             }
             let mut sink = VecWrite::default();
             let stamp = Stamp {
@@ -1424,15 +1432,14 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
                 created_unix_us: CREATED + 1,
             };
             let copied = f.copy_to(&mut sink, Path::new("/t/copy"), stamp);
-            if copied.is_ok() != shallow.is_ok() {
-                v.problems
-                    .push("copy_to disagrees with verify(false)".into());
+            if copied.is_ok() != valid.is_ok() {
+                v.problems.push("copy_to disagrees with verify".into());
             }
             if let (Ok(()), Ok(chunks)) = (&copied, &read) {
                 let copy_fs = MemFs::new();
                 copy_fs.put("/c", sink.0);
                 let again = TableFile::open(&copy_fs, Path::new("/c")).and_then(|mut c| {
-                    c.verify(true)?;
+                    c.verify()?;
                     read_all(&mut c)
                 });
                 if again.as_ref() != Ok(chunks) {
@@ -1440,8 +1447,8 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
                         .push("copy_to output does not decode the same".into());
                 }
             }
-            v.shallow = Some(shallow.map_err(|e| e.reason));
-            v.deep = Some(deep.map_err(|e| e.reason));
+            v.frames = Some(frames.map_err(|e| e.reason));
+            v.valid = Some(valid.map_err(|e| e.reason));
             v.read = Some(read);
         }
     }
@@ -1451,10 +1458,11 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
         Err(e) => v.problems.push(format!("inspect_dir: {e}")),
         Ok(reports) => {
             let stable = reports.iter().find(|r| r.role == FileRole::Stable);
-            let expected = match (&v.open_err, input.inspect_verify) {
-                (Some(r), _) => Err(*r),
-                (None, false) => Ok(()),
-                (None, true) => v.deep.unwrap_or(Ok(())),
+            let expected = match (&v.open_err, input.inspect_verify, v.valid) {
+                (Some(r), _, _) => FileStatus::Invalid(*r),
+                (None, false, _) => FileStatus::Unverified,
+                (None, true, Some(Err(r))) => FileStatus::Invalid(r),
+                (None, true, _) => FileStatus::Valid,
             };
             match stable {
                 Some(r) if r.status == expected => {}
@@ -1474,7 +1482,7 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
         }
     }
 
-    let stable_ok = v.shallow == Some(Ok(()));
+    let stable_ok = v.valid == Some(Ok(()));
     match open_newest_valid(fs, &dir, None) {
         Ok(mut src) => {
             let data = read_all(&mut src.file);
@@ -1535,7 +1543,7 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
         Some(b"PTABLE\x01\x00") => Kind::Legacy,
         _ => Kind::Other,
     };
-    let depth = match (&view.open_err, &view.shallow, &view.deep) {
+    let depth = match (&view.open_err, &view.frames, &view.valid) {
         (Some(_), _, _) => Depth::Open,
         (None, Some(Err(_)), _) => Depth::Frames,
         (None, _, Some(Err(_))) => Depth::Content,
@@ -1569,7 +1577,7 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
         (Some(Ok(_)), None) => problems.push("accepted a file the reference rejects".into()),
         (_, Some(_)) => problems.push(format!(
             "rejected a file the reference accepts (open {:?}, verify {:?}/{:?})",
-            view.open_err, view.shallow, view.deep
+            view.open_err, view.frames, view.valid
         )),
         _ => {}
     }
@@ -1863,8 +1871,8 @@ fn a_frame_claiming_gigabytes_allocates_no_such_buffer() {
             fs.put("/f", file_claiming(level, &raw, claim));
             let ((verify, read), peak, largest) = tracked(|| {
                 let mut f = TableFile::open(&fs, Path::new("/f")).expect("header is valid");
-                assert_eq!(f.verify(false), Ok(()), "frames are CRC-valid");
-                let verify = f.verify(true).map_err(|e| e.reason);
+                assert_eq!(frames_only(&mut f), Ok(()), "frames are CRC-valid");
+                let verify = f.verify().map_err(|e| e.reason);
                 let read = read_all(&mut f).map_err(|e| e.reason);
                 (verify, read)
             });
@@ -1889,13 +1897,13 @@ fn a_highly_compressible_chunk_still_decodes() {
         let fs = MemFs::new();
         fs.put("/f", write_v2(std::slice::from_ref(&raw), level));
         let mut f = TableFile::open(&fs, Path::new("/f")).expect("open");
-        assert_eq!(f.verify(true), Ok(()));
+        assert_eq!(f.verify(), Ok(()));
         assert_eq!(read_all(&mut f).expect("read"), vec![raw.clone()]);
         // One byte more or less than the truth is refused, without the buffer.
         for claim in [raw.len() as u64 - 1, raw.len() as u64 + 1] {
             fs.put("/g", file_claiming(level, &raw, claim));
             let mut g = TableFile::open(&fs, Path::new("/g")).expect("open");
-            let (r, peak, _) = tracked(|| g.verify(true).map_err(|e| e.reason));
+            let (r, peak, _) = tracked(|| g.verify().map_err(|e| e.reason));
             assert_eq!(r, Err(Reason::BadFile));
             assert!(peak < 2 * raw.len() as u64 + (4 << 20), "peak {peak}");
         }
@@ -1926,9 +1934,9 @@ fn a_stream_frame_reads_the_same_whatever_was_read_before() {
     let fs = MemFs::new();
     fs.put("/f", bytes);
     let mut f = TableFile::open(&fs, Path::new("/f")).expect("header is valid");
-    assert_eq!(f.verify(false), Ok(()));
+    assert_eq!(frames_only(&mut f), Ok(()));
     for _ in 0..3 {
-        assert_eq!(f.verify(true).map_err(|e| e.reason), Err(Reason::BadFile));
+        assert_eq!(f.verify().map_err(|e| e.reason), Err(Reason::BadFile));
         assert_eq!(read_all(&mut f).map_err(|e| e.reason), Err(Reason::BadFile));
         f.rewind().unwrap();
     }

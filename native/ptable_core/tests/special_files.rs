@@ -14,8 +14,8 @@ mod common;
 
 use common::*;
 use ptable_core::{
-    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, Fs, PersistSession,
-    SnapshotId, SourceKind, TableDir,
+    inspect_dir, list_snapshots, open_newest_valid, restore_snapshot, FileStatus, Fs,
+    PersistSession, SnapshotId, SourceKind, TableDir,
 };
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -296,7 +296,11 @@ fn run(case: &Case, special: Special, op: Op) -> Result<(), String> {
                 };
                 expect_eq(
                     &format!("status of {}", report.path.display()),
-                    report.status.map_err(|r| r.as_str()),
+                    match report.status {
+                        FileStatus::Valid => Ok(()),
+                        FileStatus::Invalid(r) => Err(r.as_str()),
+                        FileStatus::Unverified => Err("unverified"),
+                    },
                     want,
                 )?;
             }

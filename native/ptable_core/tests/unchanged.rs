@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::forge::frame_spans;
 use common::*;
 use ptable_core::{CommitOutcome, Fs, PersistSession, TableDir};
 use std::sync::Arc;
@@ -128,20 +129,6 @@ fn a_rotted_stable_file_is_never_kept_because_the_table_looks_unchanged() {
     }
 }
 
-/// Byte ranges of each frame (header and stored bytes) of a version 2 file.
-fn frame_spans(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
-    use ptable_core::format::{FrameHeader, FRAME_HEADER_LEN, HEADER_AREA_LEN};
-    let mut spans = Vec::new();
-    let mut at = HEADER_AREA_LEN;
-    while let Some(header) = bytes.get(at..at + FRAME_HEADER_LEN) {
-        let fh = FrameHeader::decode(header, std::path::Path::new("frame")).unwrap();
-        let end = at + FRAME_HEADER_LEN + fh.stored_len as usize;
-        spans.push(at..end);
-        at = end;
-    }
-    spans
-}
-
 #[test]
 fn a_changed_table_copies_the_frames_before_its_first_change() {
     use ptable_core::codec::ZSTD_END_OF_FRAME;
@@ -167,7 +154,7 @@ fn a_changed_table_copies_the_frames_before_its_first_change() {
         assert_eq!(&restart[..3], &ZSTD_END_OF_FRAME, "frame {changed}");
         assert_eq!(&restart[3..7], &[0x28, 0xB5, 0x2F, 0xFD]);
         let mut file = ptable_core::TableFile::open(fs.as_ref(), &dir.stable()).unwrap();
-        file.verify(true).unwrap();
+        file.verify().unwrap();
         assert_eq!(
             read_all(&mut file).unwrap(),
             table,

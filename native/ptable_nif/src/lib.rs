@@ -3,15 +3,15 @@
 //! `{:error, reason_atom, path | nil}`. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    inspect_dir, list_snapshots, restore_snapshot, Error, FileHeader, FileReport, PersistPipeline,
-    PersistSession, SnapshotId, StdFs, TableDir, WriteOptions,
+    inspect_dir, list_snapshots, restore_snapshot, Error, FileHeader, FileReport, FileStatus,
+    PersistPipeline, PersistSession, SnapshotId, StdFs, TableDir, WriteOptions,
 };
 use rustler::{Atom, Binary, Encoder, Env, Resource, ResourceArc, Term};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod atoms {
-    rustler::atoms! { ok, error, done, last, nil, full, busy, bad_file, unsafe_term }
+    rustler::atoms! { ok, error, done, last, nil, full, busy, bad_file, unsafe_term, unverified }
 }
 
 mod restore;
@@ -201,8 +201,8 @@ fn snapshot_restore<'a>(env: Env<'a>, dir: Binary, id: Binary) -> Term<'a> {
 }
 
 /// `{:ok, [{path, role, size, mtime_us, version, created_us, sequence, rows, level,
-/// status}]}`: one tuple per file; fields unknown for a file are `nil`, status is `:ok` or
-/// the reason it fails.
+/// status}]}`: one tuple per file; fields unknown for a file are `nil`, status is `:ok` (it
+/// verifies), `:unverified` (without `verify`: its header is sound) or the reason it fails.
 #[rustler::nif(schedule = "DirtyIo")]
 fn inspect<'a>(env: Env<'a>, dir: Binary, verify: bool) -> Term<'a> {
     let reports = inspect_dir(&StdFs, &TableDir::new(path_from(&dir)), verify);
@@ -225,8 +225,9 @@ fn file_report<'a>(env: Env<'a>, r: &FileReport) -> Term<'a> {
         _ => None,
     };
     let status = match r.status {
-        Ok(()) => atoms::ok().encode(env),
-        Err(reason) => atom_term(env, reason.as_str(), atoms::error()),
+        FileStatus::Valid => atoms::ok().encode(env),
+        FileStatus::Unverified => atoms::unverified().encode(env),
+        FileStatus::Invalid(reason) => atom_term(env, reason.as_str(), atoms::error()),
     };
     let fields = [
         path_term(env, Some(&r.path)),

@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod forge;
 pub mod scenarios;
 pub mod simfs;
 
 use ptable_core::{
-    open_newest_valid, Fs, PersistSession, SourceKind, StdFs, TableDir, TableFile, WriteOptions,
+    open_newest_valid, CommitOutcome, Fs, PersistSession, SourceKind, StdFs, TableDir, TableFile,
+    WriteOptions,
 };
 use std::path::Path;
 use std::sync::Arc;
@@ -74,7 +76,7 @@ pub fn property_like_chunks(count: usize, rows: usize) -> Vec<Vec<u8>> {
 }
 
 /// Persists `chunks` (10 rows each) into `dir`.
-pub fn persist(fs: &Arc<dyn Fs>, dir: &TableDir, chunks: &[Vec<u8>], level: u8) {
+pub fn persist(fs: &Arc<dyn Fs>, dir: &TableDir, chunks: &[Vec<u8>], level: u8) -> CommitOutcome {
     let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(level)).unwrap();
     // As the NIF does: the table's size is known up front (large files get two streams).
     session.expect_rows(10 * chunks.len() as u64);
@@ -83,12 +85,12 @@ pub fn persist(fs: &Arc<dyn Fs>, dir: &TableDir, chunks: &[Vec<u8>], level: u8) 
     for c in chunks {
         session.append(c, 10).unwrap();
     }
-    session.commit().unwrap();
+    session.commit().unwrap()
 }
 
 /// Every chunk of a verified file.
 pub fn read_all(file: &mut TableFile) -> ptable_core::Result<Vec<Vec<u8>>> {
-    file.verify(false)?;
+    file.verify()?;
     let mut out = Vec::new();
     while let Some(chunk) = file.next_chunk(|n| Some(vec![0u8; n]))? {
         out.push(chunk.data);

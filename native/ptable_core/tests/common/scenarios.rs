@@ -311,11 +311,28 @@ pub fn start_full() -> Start {
 /// (b) with a stable file that rotted (one byte flipped in its last frame): restore gives
 /// the backup, and the next install moves the stable file aside (quarantine).
 pub fn start_full_rotten_stable() -> Start {
+    start_full_with_bad_stable("full with a rotten stable file", |bytes| {
+        let mut bytes = bytes.to_vec();
+        let at = bytes.len() - 3;
+        bytes[at] ^= 0x40;
+        bytes
+    })
+}
+
+/// (b) with a stable file whose last chunk changed under its hash, its frame CRC recomputed:
+/// every CRC passes, the contents do not.
+pub fn start_full_forged_stable() -> Start {
+    start_full_with_bad_stable("full with a forged stable file", |bytes| {
+        let last = super::forge::frame_spans(bytes).len() - 1;
+        super::forge::changed_chunk(bytes, last)
+    })
+}
+
+/// (b) with the stable file replaced by `change` of it; restore gives the backup.
+fn start_full_with_bad_stable(name: &'static str, change: fn(&[u8]) -> Vec<u8>) -> Start {
     let full = start_full();
     let fs = SimFs::from_state(full.state);
-    let mut bytes = fs.state().read(&table().stable()).unwrap();
-    let at = bytes.len() - 3;
-    bytes[at] ^= 0x40;
+    let bytes = change(&fs.state().read(&table().stable()).unwrap());
     fs.create(&table().stable())
         .unwrap()
         .write_all(&bytes)
@@ -323,7 +340,7 @@ pub fn start_full_rotten_stable() -> Start {
     fs.with_state(State::sync_everything);
     assert_eq!(restore_outcome(&fs), Ok(version(2)));
     Start {
-        name: "full with a rotten stable file",
+        name,
         state: fs.state(),
         old: vec![Ok(version(2))],
         snapshots: full.snapshots,
