@@ -35,7 +35,12 @@ defmodule PropertyTable.Persist do
   A persist writes the new file completely, fsyncs it, keeps the previous stable file as the
   backup, renames the new file into place and fsyncs the directory. A power cut at any
   moment leaves a complete file holding the old or the new contents, and
-  `restore_from_disk/2` loads the newest file that verifies (every chunk is checksummed).
+  `restore_from_disk/2` loads the newest file that verifies. A file verifies only when every
+  check passes (header and frame CRCs, every chunk's length and content hash, the
+  whole-content digest; the MD5 of a property_table file), and that one definition decides
+  everywhere: which file a restore loads, whether the stable file may become the backup,
+  whether an unchanged table needs no write, what a snapshot copies, and what
+  `inspect_files/2` calls `:ok`.
   A restore leaves the table holding the whole file or what it held before, also when the
   calling process is killed mid-restore (see `restore_from_disk/2` for the details).
 
@@ -310,16 +315,19 @@ defmodule PropertyTable.Persist do
   Describes every file of the table directory: stable, backup, tmp, quarantined files and
   snapshots (oldest first).
 
-  Reads headers and checksums only; never loads rows into a table, and works on files
-  written by property_table (format version 1). Needs `:table_name`. With `verify: false`
-  only headers are checked. Raises `PropertyTable.Persist.Error` when the directory cannot
-  be read (`:enoent` when it does not exist).
+  Verifies every file as a restore does (every checksum, every chunk decompressed and
+  checked against its hash, the whole-content digest; for format version 1 files, written
+  by property_table, the MD5) without loading rows into a table. Needs `:table_name`. With
+  `verify: false` only headers are read. Raises `PropertyTable.Persist.Error` when the
+  directory cannot be read (`:enoent` when it does not exist).
 
   Each entry is a map with `:path`, `:kind` (`:stable`, `:backup`, `:tmp`, `:quarantined`
   or `:snapshot`), `:format_version` (`1`, `2` or `nil` when unreadable), `:created` (UTC
   datetime from the header, `nil` when unknown), `:sequence`, `:rows`, `:size` (bytes on
   disk), `:modified` (UTC datetime of the file), `:compression` (the level it was written
-  with) and `:status` (`:ok` or the reason it fails to verify).
+  with) and `:status`: `:ok` (it verifies: a restore would accept it), the reason it fails
+  (`:bad_checksum`, `:bad_file`, a POSIX reason), or, with `verify: false`, `:unverified`
+  for a file whose header is sound (no file is called `:ok` without verification).
 
   ## Examples
 
@@ -468,8 +476,8 @@ defmodule PropertyTable.Persist do
     if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, :restore_from_disk)}
   end
 
-  # The file verified completely (every checksum) before this runs, yet a chunk can still
-  # fail on the way in: a read error, a file replaced on disk meanwhile, a checksummed
+  # The file verified completely (every checksum and content hash) before this runs, yet a
+  # chunk can still fail on the way in: a read error, a file replaced on disk meanwhile, a checksummed
   # payload from another writer that does not decode, or (with `safe: true`) an unknown
   # atom. So the table's previous rows are kept aside until the last chunk is in and put
   # back on failure, or when this process dies before (see `Rollback`): the table ends up

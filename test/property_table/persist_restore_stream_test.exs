@@ -55,16 +55,16 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     assert Native.restore_rows(reader, 3, false) == {:error, :closed, nil}
 
     # The whole-content digest (header bytes 60..75) changed and the header's CRC
-    # recomputed: every CRC still matches, so the file opens, but its rows never come out.
-    <<head::binary-size(60), _digest::binary-size(16), _crc::binary-size(4), rest::binary>> =
-      File.read!(path)
+    # recomputed: every CRC still matches, but the file does not verify, so no reader is
+    # opened for it (and, with nothing else to restore, it is moved aside).
+    {"wrong content digest", forged} = hd(forgeries(File.read!(path)))
+    File.write!(path, forged)
 
-    head = head <> :binary.copy(<<0>>, 16)
-    File.write!(path, [head, <<:erlang.crc32(head)::little-32>>, rest])
-    {:ok, reader, :stable, ^path, [], [], 1} = Native.restore_open(table_dir(dir), 5)
-    assert Native.restore_rows(reader, 3, false) == {:error, :bad_checksum, path}
-    assert :ok = Native.restore_close(reader)
+    assert {:error, :bad_checksum, ^path, [{:bad_checksum, ^path}], [quarantined]} =
+             Native.restore_open(table_dir(dir), 5)
 
+    assert File.read!(quarantined) == forged
+    File.write!(path, forged)
     target = new_table([{:kept, 1}])
 
     assert ExUnit.CaptureLog.capture_log(fn ->

@@ -174,6 +174,71 @@ defmodule PropertyTable.Persist.TestHelpers do
     <<pre::binary, Bitwise.bxor(byte, Bitwise.bsl(1, bit)), post::binary>>
   end
 
+  ## Forged version 2 files: contents or hashes changed, every CRC recomputed
+
+  # FORMAT.md: an 80-byte header (content digest at 60..75, CRC at 76..79), then frames of
+  # a 36-byte header (raw_len, stored_len, row_count, raw_hash, crc) and stored bytes.
+  @digest_at 60
+  @header_crc_at 76
+  @frame_header_len 36
+  @raw_hash_at 24
+
+  @doc """
+  Recomputes the header CRC and every frame CRC of a version 2 file, so that only its
+  content checks (chunk hashes, digest, lengths, totals) can tell what changed. Frames are
+  walked by their `stored_len`; whatever follows a frame that does not fit is left as is.
+  """
+  def recompute_crcs(<<head::binary-size(@header_crc_at), _crc::32, frames::binary>>),
+    do: head <> <<:erlang.crc32(head)::little-32>> <> recompute_frame_crcs(frames, 0)
+
+  def recompute_crcs(bin), do: bin
+
+  defp recompute_frame_crcs(
+         <<fields::binary-size(32), _crc::32, rest::binary>> = frames,
+         index
+       ) do
+    <<_raw_len::64, stored_len::little-64, _::binary>> = fields
+
+    case rest do
+      <<stored::binary-size(stored_len), more::binary>> ->
+        crc = :erlang.crc32([<<index::little-64>>, fields, stored])
+        fields <> <<crc::little-32>> <> stored <> recompute_frame_crcs(more, index + 1)
+
+      _ ->
+        frames
+    end
+  end
+
+  defp recompute_frame_crcs(rest, _index), do: rest
+
+  @doc "Offsets of the frames of a version 2 file."
+  def frame_offsets(bin), do: frame_offsets(bin, 80)
+
+  defp frame_offsets(bin, at) when byte_size(bin) >= at + @frame_header_len do
+    <<_::binary-size(at), _raw_len::64, stored_len::little-64, _::binary>> = bin
+    [at | frame_offsets(bin, at + @frame_header_len + stored_len)]
+  end
+
+  defp frame_offsets(_bin, _at), do: []
+
+  @doc """
+  The forgeries of a valid version 2 file, `{label, bytes}`, each with every CRC
+  recomputed: a wrong content digest, a wrong XXH3-64 of the second chunk (the first of a
+  one-chunk file), and that chunk's last stored byte changed under its unchanged hash.
+  """
+  def forgeries(bin) do
+    offsets = frame_offsets(bin)
+    frame = Enum.at(offsets, 1, hd(offsets))
+    frame_end = Enum.at(offsets, 2, byte_size(bin))
+
+    [
+      {"wrong content digest", @digest_at},
+      {"wrong chunk XXH3-64", frame + @raw_hash_at},
+      {"changed chunk contents", frame_end - 1}
+    ]
+    |> Enum.map(fn {label, at} -> {label, bin |> flip_bit(at, 0) |> recompute_crcs()} end)
+  end
+
   ## Randomness
 
   @doc """

@@ -10,12 +10,14 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
   For each file: kind (stable, backup, tmp, quarantined, snapshot), format version,
   verification status, rows, size, sequence number and creation time.
 
-    * `--verify` (default) reads every chunk and checks every checksum; `--no-verify` checks
-      headers only.
+    * `--verify` (default) verifies every file as restore does: every checksum, every chunk
+      decompressed and checked against its hash, the whole-content digest. `--no-verify`
+      reads headers only; a file whose header is sound is then `unverified`, never `ok`.
     * `--dump N` prints the first N `{property, value}` rows of the newest valid file.
 
-  Exits with status 1 when a table has no valid file to restore from. Does not start any
-  application.
+  Exits with status 1 when a table has no valid file to restore from (with `--no-verify`:
+  when none of its stable, backup and tmp files even has a sound header). Does not start
+  any application.
   """
 
   use Mix.Task
@@ -72,6 +74,8 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
   defp inspect_table(data_dir, table, verify?, dump) do
     opts = [data_directory: data_dir, table_name: table]
     files = Persist.inspect_files(opts, verify: verify?)
+    # Without verification no file is known to be valid, only known not to be.
+    usable = if verify?, do: [:ok], else: [:ok, :unverified]
     Mix.shell().info("\n#{Path.join(data_dir, table)}")
 
     rows =
@@ -89,9 +93,9 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
       end
 
     print_columns([~w(kind format status rows bytes seq created file) | rows])
-    valid? = Enum.any?(files, &(&1.kind in @restorable and &1.status == :ok))
-    if valid? and dump > 0, do: dump_rows(opts, dump)
-    valid?
+    restorable? = Enum.any?(files, &(&1.kind in @restorable and &1.status in usable))
+    if restorable? and dump > 0, do: dump_rows(opts, dump)
+    restorable?
   rescue
     e in Persist.Error ->
       Mix.shell().error("#{Path.join(data_dir, table)}: #{Exception.message(e)}")
