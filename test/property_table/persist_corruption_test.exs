@@ -3,7 +3,10 @@ defmodule PropertyTable.PersistCorruptionTest do
   Corruption sweep: one flipped bit at every byte offset, and truncation to every length, of
   a stable file (with and without a good backup beside it), of a legacy file and of
   snapshots. A restore must load exactly the backup's rows or return a clear error; it must
-  never load wrong rows, raise, or crash.
+  never load wrong rows, raise, or crash. And one flipped bit at every offset of a stable
+  file with every CRC recomputed afterwards (so that only the content hashes, digest,
+  lengths and totals can refuse it): restore, rotation and the unchanged-table check must
+  all treat it as valid exactly when it verifies in full.
   """
   use ExUnit.Case, async: true
 
@@ -31,6 +34,15 @@ defmodule PropertyTable.PersistCorruptionTest do
     flips = for i <- picked, do: {"bit #{i}", flip_bit(good, i, :rand.uniform(8) - 1)}
     cuts = for len <- picked, do: {"truncated to #{len}", binary_part(good, 0, len)}
     flips ++ cuts
+  end
+
+  # {label, corrupted binary} for every `step`th byte offset: one random bit flipped, then
+  # every CRC recomputed. The first 100 bytes are always swept in full.
+  defp forged_corruptions(good, step) do
+    for i <- 0..(byte_size(good) - 1), i < 100 or rem(i, step) == 0 do
+      bit = :rand.uniform(8) - 1
+      {"bit #{i}.#{bit}, CRCs recomputed", good |> flip_bit(i, bit) |> recompute_crcs()}
+    end
   end
 
   # Runs `fun` for each case, collecting failures instead of stopping at the first one.
@@ -134,6 +146,55 @@ defmodule PropertyTable.PersistCorruptionTest do
           other -> other
         end
       end)
+
+      File.rm_rf!(table_dir(dir))
+    end
+  end
+
+  test "a stable file with a flipped bit and its CRCs recomputed counts only if it verifies",
+       %{tmp_dir: dir} do
+    for {compression, step} <- [{6, 1}, {0, 4}] do
+      {good, backup, backup_rows} = two_generations(dir, compression)
+      o = opts(dir) ++ [chunk_size: 5, compression: compression]
+      stable_rows = sort(realistic_pairs(20, 2))
+      {same_table, newer} = {new_table(realistic_pairs(20, 2)), new_table(realistic_pairs(7, 9))}
+
+      put_both = fn bin ->
+        File.rm_rf!(table_dir(dir))
+        File.mkdir_p!(table_dir(dir))
+        File.write!(stable_path(dir), bin)
+        File.write!(backup_path(dir), backup)
+      end
+
+      sweep(
+        "stable (compression #{compression}) with CRCs recomputed + good backup: " <>
+          "restore, persist, unchanged persist",
+        forged_corruptions(good, step),
+        fn bin ->
+          # Valid files may differ from the good one only where nothing is hashed.
+          put_both.(bin)
+          restored = restore_into_sentinel(dir)
+          valid? = restored == {:ok, stable_rows}
+
+          put_both.(bin)
+          :ok = Persist.persist_to_disk(newer, o)
+          rotated = File.read!(backup_path(dir))
+
+          put_both.(bin)
+          :ok = Persist.persist_to_disk(same_table, o)
+          [%{kind: :stable, status: unchanged_status} | _] = Persist.inspect_files(opts(dir))
+          unchanged_restored = restore_into_sentinel(dir)
+
+          cond do
+            not valid? and restored != {:ok, backup_rows} -> {:restore, restored}
+            valid? and rotated != bin -> :valid_stable_file_not_kept_as_backup
+            not valid? and rotated != backup -> :good_backup_replaced
+            unchanged_status != :ok -> {:unchanged_persist_left, unchanged_status}
+            unchanged_restored != {:ok, stable_rows} -> {:after_unchanged, unchanged_restored}
+            true -> :ok
+          end
+        end
+      )
 
       File.rm_rf!(table_dir(dir))
     end

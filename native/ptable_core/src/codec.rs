@@ -27,17 +27,6 @@ pub const CODEC_ZSTD_STREAMS2: u8 = 3;
 /// which a new zstd frame may follow in the same stream (RFC 8878, 3.1.1.2).
 pub const ZSTD_END_OF_FRAME: [u8; 3] = [0x01, 0x00, 0x00];
 
-/// Whether `stored`, the first frame of a codec 2 file, starts a zstd frame without a
-/// content checksum, so that the frame can be ended by [`ZSTD_END_OF_FRAME`].
-pub fn starts_unchecksummed_zstd_frame(stored: &[u8]) -> bool {
-    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
-    const CONTENT_CHECKSUM_FLAG: u8 = 1 << 2;
-    stored.get(..4) == Some(&MAGIC)
-        && stored
-            .get(4)
-            .is_some_and(|d| d & CONTENT_CHECKSUM_FLAG == 0)
-}
-
 /// Expected size of all chunks together from which a file is written with two streams
 /// ([`CODEC_ZSTD_STREAMS2`]): below it, a second thread costs more than it saves.
 pub const TWO_STREAMS_INPUT_BYTES: u64 = 1 << 20;
@@ -507,6 +496,31 @@ impl Decompressor {
                 }
             }
         }
+    }
+
+    /// One-stream codec: feeds [`ZSTD_END_OF_FRAME`] to the stream's decoder, as if the frames
+    /// decoded so far were copied into a new file and its next frame began. `true` when that
+    /// ended the zstd frame the stream was in, at a block boundary and without a content
+    /// checksum to follow: then a new zstd frame may start after it. The decoder must be
+    /// [`reset`](Self::reset) before it is used again.
+    pub fn end_frame(&mut self) -> bool {
+        let DecoderKind::Stream {
+            streams,
+            count: 1,
+            is_staged: false,
+            ..
+        } = &mut self.kind
+        else {
+            return false;
+        };
+        let Some(dctx) = streams.first_mut() else {
+            return false;
+        };
+        let mut input = InBuffer::around(&ZSTD_END_OF_FRAME[..]);
+        let mut sink = [0u8; 1];
+        let mut output = OutBuffer::around(&mut sink[..]);
+        let ended = matches!(dctx.decompress_stream(&mut output, &mut input), Ok(0));
+        ended && input.pos() == ZSTD_END_OF_FRAME.len() && output.pos() == 0
     }
 
     /// Whether `stored` decompresses to exactly `raw_len` bytes, found out without allocating

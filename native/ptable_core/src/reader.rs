@@ -249,15 +249,38 @@ impl TableFile {
                     self.check_digest(&h)?;
                     return Ok(None);
                 };
-                let len = self.checked_raw_len(&fh)?;
-                let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
-                self.decompress_checked(&fh, data.as_mut())?;
-                Ok(Some(Chunk {
-                    data,
-                    rows: Some(fh.row_count),
-                }))
+                self.chunk_of_frame(&fh, alloc).map(Some)
             }
         }
+    }
+
+    /// Decodes the chunk of `fh`, the frame [`next_stored_frame`](Self::next_stored_frame)
+    /// just returned, into a buffer from `alloc` and checks it as
+    /// [`next_chunk`](Self::next_chunk) does: so a caller can look at a frame's header before
+    /// deciding to decode its chunk.
+    pub fn chunk_of_frame<B, F>(&mut self, fh: &FrameHeader, alloc: F) -> Result<Chunk<B>>
+    where
+        B: AsMut<[u8]>,
+        F: FnOnce(usize) -> Option<B>,
+    {
+        let len = self.checked_raw_len(fh)?;
+        let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
+        self.decompress_checked(fh, data.as_mut())?;
+        Ok(Chunk {
+            data,
+            rows: Some(fh.row_count),
+        })
+    }
+
+    /// For a one-stream zstd file: whether the stream, decoded up to the last chunk read,
+    /// can be ended right there by [`crate::codec::ZSTD_END_OF_FRAME`], as a writer that
+    /// copies the frames read so far does before its own frames (see
+    /// [`crate::codec::Decompressor::end_frame`]). Call [`rewind`](Self::rewind) before
+    /// reading on.
+    pub fn stream_can_end_here(&mut self) -> bool {
+        self.decompressor
+            .as_mut()
+            .is_some_and(Decompressor::end_frame)
     }
 
     fn next_legacy_chunk<B, F>(&mut self, payload_len: u64, alloc: F) -> Result<Option<Chunk<B>>>

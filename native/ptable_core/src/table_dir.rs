@@ -14,7 +14,7 @@
 //! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
 //! looks at them in that order.
 
-use crate::codec::{starts_unchecksummed_zstd_frame, writes_codec, CODEC_ZSTD_STREAM};
+use crate::codec::{writes_codec, CODEC_ZSTD_STREAM};
 use crate::error::{Error, Reason, Result};
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{Chunk, FileHeader, TableFile};
@@ -24,7 +24,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const STABLE: &str = "data.ptable";
 pub const BACKUP: &str = "data.ptable.backup";
@@ -364,11 +364,15 @@ impl PersistSession {
                 matched,
                 chunk,
             }) => {
-                if next_chunk_equals(stable, chunk, raw, rows) {
-                    *matched += 1;
-                    return Ok(());
-                }
-                let writer = self.start_writing()?;
+                let decoded_past = match compare_next_chunk(stable, chunk, raw, rows) {
+                    Comparison::Same => {
+                        *matched += 1;
+                        return Ok(());
+                    }
+                    Comparison::Differs => false,
+                    Comparison::DiffersDecoded => true,
+                };
+                let writer = self.start_writing(decoded_past)?;
                 writer.append(raw, rows)
             }
         }
@@ -376,8 +380,10 @@ impl PersistSession {
 
     /// Leaves comparing mode: starts the tmp file with the chunks matched so far, taken from
     /// the stable file (CRC-checked again on the way): its frames copied as they are when it
-    /// is a one-stream zstd file, else decompressed, checked and compressed again.
-    fn start_writing(&mut self) -> Result<&mut ChunkWriter> {
+    /// is a one-stream zstd file whose stream can be ended after them, else decompressed,
+    /// checked and compressed again. `decoded_past`: the stable file's decoder went beyond
+    /// the matched chunks (so it cannot tell whether their stream can be ended there).
+    fn start_writing(&mut self, decoded_past: bool) -> Result<&mut ChunkWriter> {
         if let Some(Mode::Comparing {
             mut stable,
             matched,
@@ -390,8 +396,7 @@ impl PersistSession {
             if let Some(allow) = self.two_streams {
                 writer.allow_two_streams(allow);
             }
-            stable.rewind()?;
-            if !copy_matched_frames(&mut stable, &mut writer, matched)? {
+            if !copy_matched_frames(&mut stable, &mut writer, matched, decoded_past)? {
                 for _ in 0..matched {
                     // Compressed again: a frame of a zstd stream holds only what the stream
                     // had not seen yet, so the new stream must see the chunks themselves.
@@ -436,7 +441,7 @@ impl PersistSession {
                 self.committed = true;
                 return Ok(CommitOutcome::Unchanged);
             }
-            if let Err(e) = self.start_writing() {
+            if let Err(e) = self.start_writing(false) {
                 remove_if_present(self.fs.as_ref(), &self.dir.tmp());
                 return Err(e);
             }
@@ -486,45 +491,71 @@ impl Drop for PersistSession {
     }
 }
 
-/// Copies the first `matched` frames of `stable` (rewound) into `writer` as they are, when
-/// they can be: a one-stream zstd file whose stream starts with a zstd frame that
-/// [`crate::codec::ZSTD_END_OF_FRAME`] can end. Otherwise returns `false` with nothing
-/// appended and `stable` rewound.
+/// Copies the first `matched` frames of `stable` into `writer` as they are, when they can
+/// be: a one-stream zstd file whose decoder, just past those frames (not `decoded_past`),
+/// confirms that [`crate::codec::ZSTD_END_OF_FRAME`], which the writer puts before its own
+/// frames, ends the zstd frame they leave open. Otherwise returns `false` with nothing
+/// appended. Either way `stable` is rewound first.
 fn copy_matched_frames(
     stable: &mut TableFile,
     writer: &mut ChunkWriter,
     matched: u64,
+    decoded_past: bool,
 ) -> Result<bool> {
     let one_stream =
         matches!(stable.header(), FileHeader::Current(h) if h.codec == CODEC_ZSTD_STREAM);
-    if !one_stream || !writer.can_copy_frames() {
+    let copyable =
+        one_stream && writer.can_copy_frames() && !decoded_past && stable.stream_can_end_here();
+    stable.rewind()?;
+    if !copyable {
         return Ok(false);
     }
-    for i in 0..matched {
+    for _ in 0..matched {
         let Some((fh, stored)) = stable.next_stored_frame()? else {
             return Err(Error::new(Reason::BadFile, stable.path()));
         };
-        if i == 0 && !starts_unchecksummed_zstd_frame(stored) {
-            stable.rewind()?;
-            return Ok(false);
-        }
         writer.append_copied(&fh, stored)?;
     }
     Ok(true)
 }
 
-/// Whether the next chunk of `stable`, read and checked in full (frame CRC, decompression to
-/// its length, content hash), is `raw` with `rows` rows. A chunk of another length is not
-/// decompressed: it differs anyway. `buffer` holds the decompressed chunk.
-fn next_chunk_equals(stable: &mut TableFile, buffer: &mut Vec<u8>, raw: &[u8], rows: u64) -> bool {
-    let chunk = stable.next_chunk(|len| {
-        (len == raw.len()).then(|| {
-            buffer.clear();
-            buffer.resize(len, 0);
-            buffer.as_mut_slice()
-        })
+/// How the stable file's next chunk compares with the table's.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Comparison {
+    /// Equal byte for byte, the stable chunk checked in full (frame CRC, decompression to its
+    /// length, content hash).
+    Same,
+    /// Different, as its frame header (length, rows, hash) shows: not decoded.
+    Differs,
+    /// Different, or failing its checks, found by decoding it.
+    DiffersDecoded,
+}
+
+/// Compares the next chunk of `stable` with `raw` (`rows` rows). A chunk whose frame header
+/// already differs is not decoded, so that the stable file's decoder stays just past the
+/// chunks that matched. `buffer` holds the decoded chunk.
+fn compare_next_chunk(
+    stable: &mut TableFile,
+    buffer: &mut Vec<u8>,
+    raw: &[u8],
+    rows: u64,
+) -> Comparison {
+    let fh = match stable.next_stored_frame() {
+        Ok(Some((fh, _))) => fh,
+        _ => return Comparison::Differs,
+    };
+    if fh.raw_len != raw.len() as u64 || fh.row_count != rows || fh.raw_hash != xxh3_64(raw) {
+        return Comparison::Differs;
+    }
+    let chunk = stable.chunk_of_frame(&fh, |len| {
+        buffer.clear();
+        buffer.resize(len, 0);
+        Some(buffer.as_mut_slice())
     });
-    matches!(chunk, Ok(Some(c)) if c.rows == Some(rows) && &*c.data == raw)
+    match chunk {
+        Ok(c) if &*c.data == raw => Comparison::Same,
+        _ => Comparison::DiffersDecoded,
+    }
 }
 
 /// An allocator for [`TableFile::next_chunk`] past the last chunk, where nothing is read.

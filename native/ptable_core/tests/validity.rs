@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::forge::forgeries;
+use common::forge::{ended_zstd_frame, forgeries};
 use common::*;
 use ptable_core::{
     inspect_dir, open_newest_valid, restore_snapshot, CommitOutcome, FileRole, FileStatus, Fs,
@@ -294,4 +294,30 @@ fn restore_snapshot_keeps_the_backup_when_the_stable_file_fails_its_hashes() {
             "{what}"
         );
     });
+}
+
+#[test]
+fn frames_are_copied_only_from_a_stream_that_can_be_ended_after_them() {
+    // The stable file's zstd stream ends after its first chunk (a block marked last), its
+    // CRCs recomputed: chunk 0 still reads, chunk 1 does not. A persist whose table shares
+    // chunk 0 must not copy frame 0, whose stream the new frames could not continue.
+    let g = two_generations(6);
+    let forged = ended_zstd_frame(&g.stable);
+    let mut changed = new();
+    changed[1].push(b'!');
+    for (what, table) in [("chunk 1 changed", changed), ("unchanged", new())] {
+        let g = two_generations(6);
+        std::fs::write(g.dir.stable(), &forged).unwrap();
+        assert_eq!(
+            persist(&g.fs, &g.dir, &table, 6),
+            CommitOutcome::Written,
+            "{what}"
+        );
+        assert_eq!(read_file(&g.dir.stable()).unwrap(), table, "{what}");
+        assert_same_bytes(&g.dir.backup(), &g.backup, what);
+        assert!(
+            quarantined(&g.dir) == [forged.clone()],
+            "{what}: not quarantined"
+        );
+    }
 }

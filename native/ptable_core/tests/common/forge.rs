@@ -76,3 +76,28 @@ pub fn forgeries(bytes: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("changed chunk contents", changed_chunk(bytes, frame)),
     ]
 }
+
+/// `bytes`, a one-stream zstd file, with the first block of its zstd stream marked as the
+/// last block of its zstd frame, frame 0's CRC recomputed. Chunk 0 still decodes (when
+/// it is one block); the stream ends there, which a writer copying frame 0 must notice.
+pub fn ended_zstd_frame(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    let stored = frame_spans(bytes)[0].start + FRAME_HEADER_LEN;
+    assert_eq!(
+        &bytes[stored..stored + 4],
+        &[0x28, 0xB5, 0x2F, 0xFD],
+        "a zstd frame"
+    );
+    // RFC 8878 3.1.1.1: the frame header's size follows from its descriptor.
+    let descriptor = bytes[stored + 4];
+    let single_segment = descriptor & 0x20 != 0;
+    let dictionary_id = [0, 1, 2, 4][usize::from(descriptor & 0x03)];
+    let content_size = match descriptor >> 6 {
+        0 => usize::from(single_segment),
+        flag => [0, 2, 4, 8][usize::from(flag)],
+    };
+    let block = stored + 5 + usize::from(!single_segment) + dictionary_id + content_size;
+    out[block] |= 0x01;
+    fix_frame_crc(&mut out, 0);
+    out
+}
