@@ -1031,9 +1031,10 @@ defmodule PersistBench do
       calling process, which only inserts; a file of one chunk is decoded by a NIF call.
     * Each PropertyTable.Persist long event above is listed with its process; the memory
       sampler wakes a second scheduler every millisecond (`--sample-ms` changes that).
-    * PropertyTable.Persist additionally verifies the previous stable file's checksums before
-      keeping it as the backup, fsyncs the directory, and on restore verifies every frame
-      before touching the table, then decompresses and checks content hashes.
+    * PropertyTable.Persist additionally verifies the previous stable file completely (every
+      chunk decompressed and checked against its hash, the digest) before keeping it as the
+      backup, fsyncs the directory, and on restore verifies the whole file the same way
+      before touching the table, then decompresses it again while streaming the rows.
     * RSS peaks are growth of the OS resident set; allocators keep freed memory, so after the
       warm-up round they undercount memory that is reused rather than newly touched.
     """
