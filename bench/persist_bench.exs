@@ -1147,7 +1147,8 @@ defmodule PersistBench.Profile do
         :ets.delete(target)
 
         [
-          {"restore_open (NIF: open, read and CRC-check every frame)", open_us},
+          {"restore_open (NIF: open and verify: read, CRC-check, zstd decompress and xxh3 every frame, digest)",
+           open_us},
           {"restore_rows per chunk (NIF: read, zstd decompress, xxh3, decode into rows; " <>
              "a thread does this during a real restore of several chunks)", acc.rows},
           {":ets.insert per chunk", acc.insert}
