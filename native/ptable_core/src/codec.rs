@@ -390,6 +390,11 @@ impl Decompressor {
         })
     }
 
+    /// Whether chunks are stored as they are (codec 0): a frame's raw size is its stored size.
+    pub fn stores_raw(&self) -> bool {
+        matches!(self.kind, DecoderKind::None)
+    }
+
     /// Starts again at the first frame.
     pub fn reset(&mut self) {
         if let DecoderKind::Stream {

@@ -26,6 +26,9 @@ pub enum Reason {
     /// A bug: a thread of the persist or restore pipeline panicked (the panic's message
     /// went to standard error). The session or reader is closed.
     Internal,
+    /// A chunk larger than the format allows (`format::MAX_CHUNK_LEN`): the writer refuses
+    /// it rather than write a file that readers refuse.
+    ChunkTooLarge,
     /// An operating-system error, named like the POSIX errno (`eacces`, `enospc`, ...).
     Os(&'static str),
 }
@@ -42,6 +45,7 @@ impl Reason {
             Reason::Busy => "busy",
             Reason::Closed => "closed",
             Reason::Internal => "internal_error",
+            Reason::ChunkTooLarge => "chunk_too_large",
             Reason::Os(name) => name,
         }
     }

@@ -44,6 +44,17 @@ pub const FRAME_HEADER_LEN: usize = 36;
 /// Legacy: prefix + length, and the trailing MD5.
 pub const LEGACY_HEADER_LEN: usize = PREFIX_LEN + 8;
 pub const LEGACY_TRAILER_LEN: usize = 16;
+/// Largest chunk (`raw_len`, the uncompressed ETF) the writer accepts, and so the largest a
+/// reader believes: lengths read from disk are checked against these limits before anything
+/// is read or allocated for them, so that a file cannot claim more than the writer could
+/// have written (a sparse file claiming terabytes costs nothing).
+pub const MAX_CHUNK_LEN: u64 = 256 << 20;
+/// Largest `stored_len` of a frame: zstd's worst case for a chunk of [`MAX_CHUNK_LEN`] bytes
+/// (`ZSTD_compressBound`: 1/256 more, plus a few bytes of frame and block headers) with room
+/// to spare. The writer checks every frame against it.
+pub const MAX_STORED_LEN: u64 = MAX_CHUNK_LEN + MAX_CHUNK_LEN / 64;
+/// Largest payload of a legacy file: restore decodes it as one chunk.
+pub const MAX_LEGACY_PAYLOAD_LEN: u64 = MAX_CHUNK_LEN;
 
 /// The headers are encoded with bincode's own `Encode`/`Decode` derives, not through serde:
 /// two fixed-width records in one fixed layout are all it encodes, so serde's data model
@@ -153,14 +164,20 @@ impl FrameHeader {
 
     /// The CRC this frame must carry, given its index and stored bytes.
     pub fn expected_crc(&self, index: u64, stored: &[u8]) -> u32 {
+        let mut h = self.crc_of_header(index);
+        h.update(stored);
+        h.finalize()
+    }
+
+    /// The frame's CRC computed up to its stored bytes, to be fed them piece by piece.
+    pub fn crc_of_header(&self, index: u64) -> crc32fast::Hasher {
         let mut h = crc32fast::Hasher::new();
         h.update(&index.to_le_bytes());
         h.update(&self.raw_len.to_le_bytes());
         h.update(&self.stored_len.to_le_bytes());
         h.update(&self.row_count.to_le_bytes());
         h.update(&self.raw_hash.to_le_bytes());
-        h.update(stored);
-        h.finalize()
+        h
     }
 }
 
@@ -235,6 +252,14 @@ mod tests {
         assert_eq!(&out[24..32], &4u64.to_le_bytes());
         assert_eq!(&out[32..36], &5u32.to_le_bytes());
         assert_eq!(FrameHeader::decode(&out, Path::new("x")).unwrap(), f);
+    }
+
+    #[test]
+    fn the_largest_chunk_fits_the_largest_frame() {
+        // What zstd may output for a chunk at the cap, plus a zstd frame header, the end of
+        // a copied frame and a last empty block.
+        let worst = zstd::zstd_safe::compress_bound(MAX_CHUNK_LEN as usize) as u64 + 18 + 3 + 3;
+        assert!(worst <= MAX_STORED_LEN, "{worst} > {MAX_STORED_LEN}");
     }
 
     #[test]

@@ -1,21 +1,33 @@
 //! Opens a table file of either version, verifies it, and streams its chunks back.
 //!
-//! Reading is bounded: a frame is read only after its length was checked against the
-//! header's totals and the file's real length, and chunks are returned one at a time.
+//! Reading is bounded by what is really on disk, never by what a header claims. A length
+//! read from the file is checked against the header's totals, the file's length and the
+//! format's limits ([`MAX_STORED_LEN`], [`MAX_CHUNK_LEN`], [`MAX_LEGACY_PAYLOAD_LEN`]) before
+//! it is used. Even then it sizes no buffer on trust: a file's length may be a hole (a sparse
+//! file of a few KiB can claim terabytes), so checking reads the bytes through a fixed
+//! buffer, and a frame (or legacy payload) larger than [`DIRECT_READ_MAX`] is read into
+//! memory only once its checksum matched the bytes actually read. Chunks are returned one at
+//! a time.
 
 use crate::codec::Decompressor;
 use crate::error::{Error, Reason, Result};
 use crate::format::{
     parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN,
-    LEGACY_HEADER_LEN, LEGACY_TRAILER_LEN, MAX_HEADER_BODY_LEN, PREFIX_LEN,
+    LEGACY_HEADER_LEN, LEGACY_TRAILER_LEN, MAX_CHUNK_LEN, MAX_HEADER_BODY_LEN,
+    MAX_LEGACY_PAYLOAD_LEN, MAX_STORED_LEN, PREFIX_LEN,
 };
 use crate::fs::{Fs, ReadFile, WriteFile};
 use md5::{Digest, Md5};
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 const READ_BUFFER: usize = 256 << 10;
+
+/// Stored bytes up to this size are read straight into memory and checked there; a larger
+/// frame or legacy payload is first checked through the read buffer (unless the whole file
+/// verified already), so that a checksum that does not match costs no memory.
+pub const DIRECT_READ_MAX: u64 = 1 << 20;
 
 /// A chunk's buffer is allocated straight from its frame's `raw_len` only when that is at
 /// most `EAGER_RATIO` times the stored size plus `EAGER_SLACK`: anything larger is first
@@ -52,6 +64,9 @@ pub struct TableFile {
     decompressor: Option<Decompressor>,
     cursor: Cursor,
     scratch: Vec<u8>,
+    /// Set once [`verify`](TableFile::verify) passed: every length and checksum matched
+    /// the bytes on disk, so they may size buffers directly.
+    verified: bool,
 }
 
 /// Where a pass over the payload is.
@@ -83,6 +98,9 @@ impl TableFile {
                 let mut len = [0u8; 8];
                 file.read_exact(&mut len).map_err(io_err)?;
                 let payload_len = u64::from_be_bytes(len);
+                if payload_len > MAX_LEGACY_PAYLOAD_LEN {
+                    return Err(bad_file());
+                }
                 let expected = (LEGACY_HEADER_LEN as u64 + LEGACY_TRAILER_LEN as u64)
                     .checked_add(payload_len)
                     .ok_or_else(bad_file)?;
@@ -120,7 +138,8 @@ impl TableFile {
         }
         let decompressor = match header {
             FileHeader::Current(h) => {
-                if h.level > 9 {
+                // Every frame takes at least its header's bytes of the payload.
+                if h.level > 9 || h.chunk_count > h.payload_len / FRAME_HEADER_LEN as u64 {
                     return Err(bad_file());
                 }
                 Some(Decompressor::for_codec(h.codec).ok_or_else(bad_file)?)
@@ -135,6 +154,7 @@ impl TableFile {
             decompressor,
             cursor: Cursor::default(),
             scratch: Vec::new(),
+            verified: false,
         };
         table_file.rewind()?;
         Ok(table_file)
@@ -185,6 +205,9 @@ impl TableFile {
             FileHeader::Current(h) => self.verify_frames(h),
         };
         self.rewind()?;
+        if result.is_ok() {
+            self.verified = true;
+        }
         result
     }
 
@@ -205,20 +228,60 @@ impl TableFile {
         self.decompress_checked(fh, out)
     }
 
+    /// Checks the legacy payload's MD5 through the read buffer.
     fn verify_legacy(&mut self, payload_len: u64) -> Result<()> {
         let mut md5 = Md5::new();
-        let mut left = payload_len;
-        let mut buf = vec![0u8; READ_BUFFER.min(payload_len as usize).max(1)];
+        self.stream(payload_len, |piece| {
+            md5.update(piece);
+            Ok(())
+        })?;
+        self.check_md5(md5).map(|_| ())
+    }
+
+    /// Passes the next `len` bytes of the file to `sink`, piece by piece, straight from the
+    /// read buffer: memory stays the buffer's whatever `len` says. `bad_file` when the file
+    /// ends first.
+    fn stream(&mut self, len: u64, mut sink: impl FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        let mut left = len;
         while left > 0 {
-            let n = buf.len().min(left as usize);
-            let piece = &mut buf[..n];
-            self.file
-                .read_exact(piece)
+            let buf = self
+                .file
+                .fill_buf()
                 .map_err(|e| Error::io(&e, &self.path))?;
-            md5.update(&*piece);
+            if buf.is_empty() {
+                return Err(Error::new(Reason::BadFile, &self.path));
+            }
+            let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            sink(&buf[..n])?;
+            self.file.consume(n);
             left -= n as u64;
         }
-        self.check_md5(md5).map(|_| ())
+        Ok(())
+    }
+
+    /// Reads the next `len` bytes of the file into `self.scratch`. The buffer is reserved
+    /// for `len` bytes: callers have checked `len` against the format's limits, and either
+    /// it is small or its bytes were checked on disk first.
+    fn read_into_scratch(&mut self, len: u64) -> Result<()> {
+        self.scratch.clear();
+        let n = usize::try_from(len).map_err(|_| self.bad_file())?;
+        if self.scratch.try_reserve_exact(n).is_err() {
+            return Err(self.out_of_memory());
+        }
+        let read = (&mut self.file)
+            .take(len)
+            .read_to_end(&mut self.scratch)
+            .map_err(|e| Error::io(&e, &self.path))?;
+        if read != n {
+            return Err(self.bad_file());
+        }
+        Ok(())
+    }
+
+    /// Whether `len` bytes about to be read into memory must first be checked through the
+    /// read buffer: they are too many to allocate on trust, and the file has not verified.
+    fn check_before_reading(&self, len: u64) -> bool {
+        len > DIRECT_READ_MAX && !self.verified
     }
 
     /// Reads the legacy MD5 trailer and checks it against `md5`; returns the trailer.
@@ -292,6 +355,12 @@ impl TableFile {
             return Ok(None);
         }
         let len = usize::try_from(payload_len).map_err(|_| self.bad_file())?;
+        if self.check_before_reading(payload_len) {
+            self.verify_legacy(payload_len)?;
+            self.file
+                .seek(SeekFrom::Start(self.payload_start))
+                .map_err(|e| Error::io(&e, &self.path))?;
+        }
         let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
         self.file
             .read_exact(data.as_mut())
@@ -313,8 +382,9 @@ impl TableFile {
         Ok(self.next_frame(&h)?.map(|fh| (fh, self.scratch.as_slice())))
     }
 
-    /// Reads the next frame into `self.scratch` and checks its CRC; `None` after the last
-    /// frame, once the totals were checked against the header.
+    /// Reads the next frame and checks its CRC (its stored bytes end up in `self.scratch`
+    /// with [`Stored::Keep`]); `None` after the last frame, once the totals were checked
+    /// against the header.
     fn next_frame(&mut self, h: &HeaderV2) -> Result<Option<FrameHeader>> {
         if self.cursor.frames == h.chunk_count {
             if self.cursor.payload != h.payload_len || self.cursor.rows != h.row_count {
@@ -331,16 +401,25 @@ impl TableFile {
             .read_exact(&mut head)
             .map_err(|e| Error::io(&e, &self.path))?;
         let fh = FrameHeader::decode(&head, &self.path)?;
-        if fh.stored_len > left - FRAME_HEADER_LEN as u64 {
+        if fh.stored_len > left - FRAME_HEADER_LEN as u64
+            || fh.stored_len > MAX_STORED_LEN
+            || fh.raw_len > MAX_CHUNK_LEN
+        {
             return Err(self.bad_file());
         }
-        // Bounded by the file's real length, checked at open.
-        self.scratch.clear();
-        self.scratch.resize(fh.stored_len as usize, 0);
-        self.file
-            .read_exact(&mut self.scratch)
-            .map_err(|e| Error::io(&e, &self.path))?;
-        if fh.crc != fh.expected_crc(self.cursor.frames, &self.scratch) {
+        let index = self.cursor.frames;
+        if self.check_before_reading(fh.stored_len) {
+            let start = self.payload_start + self.cursor.payload + FRAME_HEADER_LEN as u64;
+            if !self.check_stored_crc(&fh, index)? {
+                return Err(Error::new(Reason::BadChecksum, &self.path));
+            }
+            self.file
+                .seek(SeekFrom::Start(start))
+                .map_err(|e| Error::io(&e, &self.path))?;
+        }
+        self.read_into_scratch(fh.stored_len)?;
+        let crc_ok = fh.crc == fh.expected_crc(index, &self.scratch);
+        if !crc_ok {
             return Err(Error::new(Reason::BadChecksum, &self.path));
         }
         self.cursor.frames += 1;
@@ -353,6 +432,17 @@ impl TableFile {
         Ok(Some(fh))
     }
 
+    /// Whether the next `fh.stored_len` bytes of the file match the CRC of frame `index`,
+    /// read through the read buffer.
+    fn check_stored_crc(&mut self, fh: &FrameHeader, index: u64) -> Result<bool> {
+        let mut crc = fh.crc_of_header(index);
+        self.stream(fh.stored_len, |piece| {
+            crc.update(piece);
+            Ok(())
+        })?;
+        Ok(crc.finalize() == fh.crc)
+    }
+
     /// The frame's `raw_len`, once it is plausible enough to allocate a buffer of that size:
     /// small relative to the stored bytes (already read and CRC-checked, so bounded by the
     /// file), or confirmed by decompressing the stored bytes in bounded memory.
@@ -362,7 +452,10 @@ impl TableFile {
             .saturating_mul(EAGER_RATIO)
             .saturating_add(EAGER_SLACK);
         let ok = match &mut self.decompressor {
-            Some(d) if fh.raw_len > eager => d.decompresses_to(&self.scratch, fh.raw_len),
+            // Stored chunks are their raw bytes: no claim of another size is believed.
+            Some(d) if fh.raw_len > eager || d.stores_raw() => {
+                d.decompresses_to(&self.scratch, fh.raw_len)
+            }
             Some(_) => true,
             None => fh.raw_len <= eager,
         };
@@ -431,8 +524,12 @@ impl TableFile {
                 self.check_digest(&h)?;
             }
             FileHeader::Legacy { payload_len } => {
+                // A large payload is checked before any of it is written: a file that fails
+                // its MD5 (a hole that claims 256 MiB, say) costs no writes.
+                if self.check_before_reading(payload_len) {
+                    self.verify_legacy(payload_len)?;
+                }
                 let mut md5 = Md5::new();
-                let mut buf = vec![0u8; READ_BUFFER];
                 self.file
                     .seek(SeekFrom::Start(0))
                     .map_err(|e| Error::io(&e, &self.path))?;
@@ -441,16 +538,10 @@ impl TableFile {
                     .read_exact(&mut head)
                     .map_err(|e| Error::io(&e, &self.path))?;
                 out.write_all(&head).map_err(out_err)?;
-                let mut left = payload_len;
-                while left > 0 {
-                    let n = buf.len().min(left as usize);
-                    self.file
-                        .read_exact(&mut buf[..n])
-                        .map_err(|e| Error::io(&e, &self.path))?;
-                    md5.update(&buf[..n]);
-                    out.write_all(&buf[..n]).map_err(out_err)?;
-                    left -= n as u64;
-                }
+                self.stream(payload_len, |piece| {
+                    md5.update(piece);
+                    out.write_all(piece).map_err(out_err)
+                })?;
                 let trailer = self.check_md5(md5)?;
                 out.write_all(&trailer).map_err(out_err)?;
             }

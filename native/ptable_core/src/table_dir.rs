@@ -16,6 +16,7 @@
 
 use crate::codec::{writes_codec, CODEC_ZSTD_STREAM};
 use crate::error::{Error, Reason, Result};
+use crate::format::MAX_CHUNK_LEN;
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{Chunk, FileHeader, TableFile};
 use crate::snapshot_id::SnapshotId;
@@ -355,6 +356,10 @@ impl PersistSession {
     }
 
     fn append_chunk(&mut self, raw: &[u8], rows: u64) -> Result<()> {
+        // Refused here already, before it is hashed: the writer would refuse it anyway.
+        if raw.len() as u64 > MAX_CHUNK_LEN {
+            return Err(Error::without_path(Reason::ChunkTooLarge));
+        }
         self.digest.update(raw);
         match self.mode.as_mut() {
             None => Err(Error::without_path(Reason::Closed)),

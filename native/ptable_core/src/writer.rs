@@ -7,7 +7,9 @@ use crate::codec::{
     ZSTD_END_OF_FRAME,
 };
 use crate::error::{Error, Reason, Result};
-use crate::format::{FrameHeader, HeaderV2, FRAME_HEADER_LEN, HEADER_AREA_LEN};
+use crate::format::{
+    FrameHeader, HeaderV2, FRAME_HEADER_LEN, HEADER_AREA_LEN, MAX_CHUNK_LEN, MAX_STORED_LEN,
+};
 use crate::fs::{Fs, WriteFile};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -212,7 +214,12 @@ impl ChunkWriter {
 
     /// Compresses `raw` (the encoding of `rows` rows) and appends it as one frame (in a
     /// two-stream file, an odd chunk's frame is written with the next chunk or at `finish`).
+    /// A chunk over [`MAX_CHUNK_LEN`] bytes is refused (`chunk_too_large`) before anything
+    /// is written for it.
     pub fn append(&mut self, raw: &[u8], rows: u64) -> Result<()> {
+        if raw.len() as u64 > MAX_CHUNK_LEN {
+            return Err(Error::without_path(Reason::ChunkTooLarge));
+        }
         if !self.planned {
             self.planned = true;
             self.plan_streams(raw.len() as u64, rows);
@@ -326,10 +333,15 @@ impl ChunkWriter {
 
     /// Fills in the header of `frame` (header space, then the stored bytes) and writes it
     /// as the next frame of the file.
+    /// A frame readers would refuse (over [`MAX_STORED_LEN`], which no chunk the writer
+    /// accepts reaches) is not written.
     fn write_frame(&mut self, frame: &mut [u8], meta: ChunkMeta) -> Result<()> {
         let Some((head, stored)) = frame.split_at_mut_checked(FRAME_HEADER_LEN) else {
             return Err(Error::new(Reason::BadFile, &self.path));
         };
+        if stored.len() as u64 > MAX_STORED_LEN || meta.raw_len > MAX_CHUNK_LEN {
+            return Err(Error::without_path(Reason::ChunkTooLarge));
+        }
         let mut fh = FrameHeader {
             raw_len: meta.raw_len,
             stored_len: stored.len() as u64,

@@ -11,6 +11,14 @@
 //! after which the CRCs, totals, hashes, digest or MD5 are recomputed, usually, so that
 //! inputs get past the checksums into frame parsing and decompression.
 //!
+//! Sparse inputs (5%, from a generator of their own so that the other inputs of a seed do not
+//! change): the file reads a hole of zeros that takes no memory, from a few bytes to 2^62,
+//! and its apparent length (`ReadFile::file_len`, `Fs::metadata`) counts the hole. Usually a
+//! frame's `stored_len` and the header's `payload_len` (or the legacy payload length) are
+//! edited to cover it, with valid header CRCs, and the frame CRC over the present bytes, over
+//! the hole too (by CRC combination), or, for holes up to 2 MiB, over zeros really inserted
+//! with every checksum recomputed. The allocation bound counts only what the file holds.
+//!
 //! Each input is written as the stable file of an in-memory table directory (sometimes with
 //! a valid backup beside it, sometimes also as a snapshot) and goes through `TableFile::open`,
 //! `next_stored_frame` to the end (frame CRCs only), `verify`, `next_chunk` to the end,
@@ -20,7 +28,7 @@
 //! * no panic (each input runs under `catch_unwind`), no hang (a watchdog fails the run when
 //!   one input takes more than `PTABLE_FUZZ_HANG_SECS`, default 30 s);
 //! * bounded allocation: the live bytes allocated by the core while handling one input stay
-//!   under 16 MiB + 130 x the input's length, whatever the headers claim;
+//!   under 4 MiB + 130 x the bytes the file holds, whatever the headers claim;
 //! * every error is `bad_file` or `bad_checksum`, and the entry points agree with each other:
 //!   `verify`, reading every chunk, `copy_to`, inspect and restore's choice all accept
 //!   exactly the same files (one definition of valid), and frame CRCs alone never accept
@@ -33,15 +41,17 @@
 //! `PTABLE_FUZZ_ITERATIONS` (default 25,000), `PTABLE_FUZZ_SEED` (default: random, printed),
 //! `PTABLE_FUZZ_THREADS` (default: available parallelism), `PTABLE_FUZZ_ONLY` (one input).
 
+mod counting_alloc;
+
+use counting_alloc::tracked;
 use md5::Digest;
-use ptable_core::format::{encode_legacy, FRAME_HEADER_LEN};
+use ptable_core::format::{encode_legacy, FRAME_HEADER_LEN, MAX_CHUNK_LEN, MAX_STORED_LEN};
 use ptable_core::fs::{EntryMeta, Fs, LockGuard, ReadFile, WriteFile};
+use ptable_core::reader::DIRECT_READ_MAX;
 use ptable_core::{
     inspect_dir, open_newest_valid, ChunkWriter, FileRole, FileStatus, Reason, SourceKind, Stamp,
     TableDir, TableFile, WriteOptions,
 };
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -53,83 +63,79 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 // ---------------------------------------------------------------------------------------------
-// Allocation accounting: per thread, only while `TRACK` is on (around the core's calls).
-
-struct CountingAlloc;
-
-thread_local! {
-    static TRACK: Cell<bool> = const { Cell::new(false) };
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-    static PEAK: Cell<i64> = const { Cell::new(0) };
-    static LARGEST: Cell<usize> = const { Cell::new(0) };
-}
-
-fn note_alloc(size: usize) {
-    let _ = TRACK.try_with(|t| {
-        if t.get() {
-            let live = LIVE.with(|l| {
-                let v = l.get() + size as i64;
-                l.set(v);
-                v
-            });
-            PEAK.with(|p| p.set(p.get().max(live)));
-            LARGEST.with(|m| m.set(m.get().max(size)));
-        }
-    });
-}
-
-fn note_free(size: usize) {
-    let _ = TRACK.try_with(|t| {
-        if t.get() {
-            LIVE.with(|l| l.set(l.get() - size as i64));
-        }
-    });
-}
-
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc(layout.size());
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note_free(layout.size());
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_free(layout.size());
-        note_alloc(new_size);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: CountingAlloc = CountingAlloc;
-
-/// Runs `f` with allocation tracking on; returns its result, the peak of live bytes it
-/// allocated, and its largest single allocation.
-fn tracked<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
-    LIVE.with(|l| l.set(0));
-    PEAK.with(|p| p.set(0));
-    LARGEST.with(|m| m.set(0));
-    TRACK.with(|t| t.set(true));
-    let r = f();
-    TRACK.with(|t| t.set(false));
-    let peak = PEAK.with(|p| p.get()).max(0) as u64;
-    let largest = LARGEST.with(|m| m.get()) as u64;
-    (r, peak, largest)
-}
-
-// ---------------------------------------------------------------------------------------------
 // A lean in-memory filesystem (reads are what the decoders need; writes serve the seed writer).
 
 #[derive(Clone)]
 enum Entry {
     Dir,
-    File(Arc<Vec<u8>>),
+    File(Arc<FileData>),
+}
+
+/// A file's contents as a sparse file reads: `head`, a hole of `hole` zero bytes (no memory
+/// behind it, so a few bytes can have an apparent length of terabytes), then `tail`.
+#[derive(Default)]
+struct FileData {
+    head: Vec<u8>,
+    hole: u64,
+    tail: Vec<u8>,
+}
+
+impl FileData {
+    fn dense(bytes: Vec<u8>) -> Self {
+        FileData {
+            head: bytes,
+            ..FileData::default()
+        }
+    }
+
+    /// The apparent length, as `stat` reports it.
+    fn len(&self) -> u64 {
+        (self.head.len() as u64)
+            .saturating_add(self.hole)
+            .saturating_add(self.tail.len() as u64)
+    }
+
+    /// Fills `buf` from offset `pos` (zeros in the hole); the bytes read.
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> usize {
+        let n = usize::try_from(self.len().saturating_sub(pos))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let tail_start = (self.head.len() as u64).saturating_add(self.hole);
+        let mut done = 0;
+        while done < n {
+            let at = pos + done as u64;
+            let out = &mut buf[done..n];
+            let step = if let Some(rest) = self.head.get(at as usize..).filter(|r| !r.is_empty()) {
+                let k = rest.len().min(out.len());
+                out[..k].copy_from_slice(&rest[..k]);
+                k
+            } else if at < tail_start {
+                let k = usize::try_from(tail_start - at)
+                    .unwrap_or(usize::MAX)
+                    .min(out.len());
+                out[..k].fill(0);
+                k
+            } else {
+                let rest = &self.tail[(at - tail_start) as usize..];
+                let k = rest.len().min(out.len());
+                out[..k].copy_from_slice(&rest[..k]);
+                k
+            };
+            done += step;
+        }
+        n
+    }
+
+    /// All the bytes, when the file is small enough to hold in memory.
+    fn materialize(&self) -> Option<Vec<u8>> {
+        if self.len() > MATERIALIZE_MAX {
+            return None;
+        }
+        let mut out = vec![0u8; self.len() as usize];
+        let n = self.read_at(0, &mut out);
+        out.truncate(n);
+        Some(out)
+    }
 }
 
 #[derive(Clone, Default)]
@@ -153,12 +159,17 @@ impl MemFs {
         self.lock().insert(PathBuf::from(path), Entry::Dir);
     }
     fn put(&self, path: &str, bytes: Vec<u8>) {
-        self.lock()
-            .insert(PathBuf::from(path), Entry::File(Arc::new(bytes)));
+        self.lock().insert(
+            PathBuf::from(path),
+            Entry::File(Arc::new(FileData::dense(bytes))),
+        );
+    }
+    fn put_sparse(&self, path: &str, data: Arc<FileData>) {
+        self.lock().insert(PathBuf::from(path), Entry::File(data));
     }
     fn get(&self, path: &str) -> Option<Vec<u8>> {
         match self.lock().get(Path::new(path)) {
-            Some(Entry::File(b)) => Some(b.to_vec()),
+            Some(Entry::File(b)) if b.hole == 0 && b.tail.is_empty() => Some(b.head.clone()),
             _ => None,
         }
     }
@@ -169,17 +180,13 @@ fn unsupported() -> io::Error {
 }
 
 struct MemRead {
-    data: Arc<Vec<u8>>,
+    data: Arc<FileData>,
     pos: u64,
 }
 
 impl Read for MemRead {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let start = usize::try_from(self.pos)
-            .unwrap_or(usize::MAX)
-            .min(self.data.len());
-        let n = buf.len().min(self.data.len() - start);
-        buf[..n].copy_from_slice(&self.data[start..start + n]);
+        let n = self.data.read_at(self.pos, buf);
         self.pos += n as u64;
         Ok(n)
     }
@@ -189,7 +196,7 @@ impl Seek for MemRead {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         let new = match pos {
             SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => (self.data.len() as u64).checked_add_signed(d),
+            SeekFrom::End(d) => self.data.len().checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
         self.pos = new.ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -199,7 +206,7 @@ impl Seek for MemRead {
 
 impl ReadFile for MemRead {
     fn file_len(&self) -> io::Result<u64> {
-        Ok(self.data.len() as u64)
+        Ok(self.data.len())
     }
 }
 
@@ -212,9 +219,10 @@ struct MemWrite {
 
 impl MemWrite {
     fn store(&self) {
-        self.fs
-            .lock()
-            .insert(self.path.clone(), Entry::File(Arc::new(self.buf.clone())));
+        self.fs.lock().insert(
+            self.path.clone(),
+            Entry::File(Arc::new(FileData::dense(self.buf.clone()))),
+        );
     }
 }
 
@@ -317,7 +325,7 @@ impl Fs for MemFs {
             }),
             Some(Entry::File(d)) => Ok(EntryMeta {
                 is_dir: false,
-                len: d.len() as u64,
+                len: d.len(),
                 modified,
             }),
             None => Err(io::Error::from_raw_os_error(2)),
@@ -704,7 +712,7 @@ impl V2Model {
             let head = bytes.get(at..at + FRAME_HEADER_LEN)?;
             let stored_len = le64(head, 8)?;
             let s = at + FRAME_HEADER_LEN;
-            let e = s + stored_len as usize;
+            let e = s.checked_add(usize::try_from(stored_len).ok()?)?;
             frames.push(FrameModel {
                 raw_len: le64(head, 0)?,
                 stored_len,
@@ -1233,10 +1241,25 @@ fn mutate_raw(rng: &mut Rng, data: &mut Vec<u8>, seeds: &[Seed]) {
 struct Input {
     seed: usize,
     bytes: Vec<u8>,
+    /// Zeros that a sparse file reads at an offset of `bytes`, taking no memory.
+    hole: Option<Hole>,
     recomputed: bool,
     with_backup: bool,
     as_snapshot: bool,
     inspect_verify: bool,
+}
+
+impl Input {
+    fn file(&self) -> FileData {
+        match self.hole {
+            None => FileData::dense(self.bytes.clone()),
+            Some(h) => FileData {
+                head: self.bytes[..h.at].to_vec(),
+                hole: h.len,
+                tail: self.bytes[h.at..].to_vec(),
+            },
+        }
+    }
 }
 
 fn make_input(run_seed: u64, index: u64, seeds: &[Seed]) -> Input {
@@ -1261,14 +1284,212 @@ fn make_input(run_seed: u64, index: u64, seeds: &[Seed]) -> Input {
     if bytes == seed.bytes {
         recomputed = false;
     }
-    Input {
+    let mut input = Input {
         seed: s,
         bytes,
+        hole: None,
         recomputed,
         with_backup: rng.chance(25),
         as_snapshot: rng.chance(12),
         inspect_verify: rng.chance(50),
+    };
+    // From a generator of its own, so that the other inputs of a seed stay what they were
+    // before sparse inputs were added.
+    let mut sparse = Rng::new(splitmix(run_seed ^ SPARSE_STREAM) ^ index);
+    if sparse.chance(SPARSE_PERCENT) {
+        make_sparse(&mut sparse, &mut input, seed);
     }
+    input
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sparse inputs: a hole of zeros inside the file, as a file extended by `truncate` reads,
+// whose apparent length (`file_len`, `metadata`) counts the hole. Usually the claims are
+// edited to cover it (a frame's stored_len and the payload_len, or the legacy payload
+// length) with the header CRC recomputed, and the frame CRC computed over the present bytes
+// only, or also over the hole's zeros (by CRC combination: a terabyte hole costs nothing to
+// checksum), or, for small holes, over zeros really inserted, so that such files can also be
+// valid. The allocation oracle then bounds what the core allocates by the bytes present
+// (plus a small hole's size): a claim alone must never size a buffer.
+
+const SPARSE_STREAM: u64 = 0x5BA5_5E00_0000_0001;
+const SPARSE_PERCENT: u64 = 5;
+/// Holes up to this size may be made valid (zeros really inserted, every checksum
+/// recomputed); inputs up to `MATERIALIZE_MAX` are also given to the reference decoder.
+const SMALL_HOLE_MAX: u64 = 2 << 20;
+const MATERIALIZE_MAX: u64 = 4 << 20;
+
+/// A hole of `len` zero bytes at offset `at` of an input's bytes.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    at: usize,
+    len: u64,
+}
+
+/// A hole's size: tiny; around the core's direct-read limit; larger than the allocation
+/// oracle allows but within the format's limits (read through on every check, so rare); or
+/// beyond the format's limits (refused before a byte of it is read), up to 2^62.
+fn hole_len(rng: &mut Rng) -> u64 {
+    match rng.below(40) {
+        0..=19 => 1 + rng.below(4096) as u64,
+        20..=23 => DIRECT_READ_MAX - 1 + rng.below(3) as u64 + rng.below(2) as u64 * 4096,
+        24 => ALLOCATION_BASE + (1 << 20) + rng.below(64 << 10) as u64,
+        _ => [
+            MAX_STORED_LEN + 1,
+            MAX_STORED_LEN + 1 + rng.next() % (1 << 30),
+            1 << 30,
+            1 << 32,
+            1 << 40,
+            1 << 43,
+            1 << 62,
+        ][rng.below(7)],
+    }
+}
+
+/// CRC32 state of `n` zero bytes, by doubling.
+fn zeros_crc(n: u64) -> crc32fast::Hasher {
+    let mut result = crc32fast::Hasher::new();
+    let mut power = crc32fast::Hasher::new();
+    power.update(&[0]);
+    let mut bit = 1u64;
+    while bit != 0 && bit <= n {
+        if n & bit != 0 {
+            result.combine(&power);
+        }
+        let copy = power.clone();
+        power.combine(&copy);
+        bit <<= 1;
+    }
+    result
+}
+
+fn make_sparse(rng: &mut Rng, input: &mut Input, seed: &Seed) {
+    let len = hole_len(rng);
+    let edited = match input.bytes.get(0..8) {
+        Some(b"PTABLE\x02\x00") if rng.chance(85) => sparse_v2(rng, &input.bytes, seed, len),
+        Some(b"PTABLE\x01\x00") if rng.chance(85) => Some(sparse_legacy(rng, &input.bytes, len)),
+        _ => None,
+    };
+    match edited {
+        Some((bytes, hole)) => {
+            input.bytes = bytes;
+            input.hole = Some(hole);
+            input.recomputed = true;
+        }
+        None => {
+            // Claims unchanged: the file is only longer than its header says.
+            let at = rng.below(input.bytes.len() + 1);
+            input.hole = Some(Hole { at, len });
+        }
+    }
+}
+
+/// Frame `index`'s stored bytes extended by `len` bytes of hole (a frame of its own,
+/// sometimes), the totals, lengths and header CRC made to agree. Returns the bytes without
+/// the hole, and the hole.
+fn sparse_v2(rng: &mut Rng, bytes: &[u8], seed: &Seed, len: u64) -> Option<(Vec<u8>, Hole)> {
+    let mut m = V2Model::parse(bytes, &seed.chunks)?;
+    if m.frames.is_empty() || rng.chance(25) {
+        let f = FrameModel {
+            raw_len: len,
+            stored_len: 0,
+            row_count: rng.below(50) as u64,
+            raw_hash: rng.next(),
+            crc: 0,
+            stored: Vec::new(),
+            raw: None,
+        };
+        m.frames.insert(rng.below(m.frames.len() + 1), f);
+    }
+    let i = rng.below(m.frames.len());
+    let codec = m.codec();
+    let present = m.frames[i].stored.len();
+    let valid = len <= SMALL_HOLE_MAX && rng.chance(60);
+    if valid {
+        // Zeros really inserted, the frame and file made to describe them.
+        m.frames[i].stored.resize(present + len as usize, 0);
+        if stream_count(codec) > 0 {
+            m.rederive_stream();
+        } else {
+            make_honest(codec, &mut m.frames[i]);
+        }
+        m.fix_totals();
+        m.fix_digest();
+        m.fix_frame_crcs();
+    } else {
+        m.fix_totals();
+        let payload = m.get_u64(40);
+        m.set_u64(40, payload.wrapping_add(len));
+        m.fix_frame_crcs();
+        let f = &mut m.frames[i];
+        f.stored_len = (present as u64).wrapping_add(len);
+        if codec == 0 || rng.chance(50) {
+            f.raw_len = f.stored_len;
+        }
+        f.crc = V2Model::frame_crc(i as u64, f);
+        // Over the hole too, only where the format's limit refuses the frame before its
+        // bytes are read: a checksum-valid hole within the limit is data, read in full.
+        if f.stored_len > MAX_STORED_LEN && rng.chance(50) {
+            let mut h = crc32fast::Hasher::new();
+            h.update(&(i as u64).to_le_bytes());
+            for v in [f.raw_len, f.stored_len, f.row_count, f.raw_hash] {
+                h.update(&v.to_le_bytes());
+            }
+            h.update(&f.stored);
+            h.combine(&zeros_crc(len));
+            f.crc = h.finalize();
+        }
+    }
+    if rng.chance(95) {
+        m.fix_header_crc();
+    }
+    let mut out = m.encode();
+    let at = 8
+        + 4
+        + m.body.len()
+        + 4
+        + m.frames[..i]
+            .iter()
+            .map(|f| FRAME_HEADER_LEN + f.stored.len())
+            .sum::<usize>()
+        + FRAME_HEADER_LEN
+        + present;
+    if valid {
+        out.drain(at..at + len as usize);
+    }
+    Some((out, Hole { at, len }))
+}
+
+/// A legacy file whose payload length claims `len` more bytes, which a hole inside the
+/// payload (or at its end, covering the MD5 too) supplies. The MD5 is right for small holes,
+/// usually.
+fn sparse_legacy(rng: &mut Rng, bytes: &[u8], len: u64) -> (Vec<u8>, Hole) {
+    let payload = bytes
+        .get(16..bytes.len().saturating_sub(16))
+        .unwrap_or_default();
+    let cut = rng.below(payload.len() + 1);
+    let mut out = b"PTABLE\x01\x00".to_vec();
+    out.extend_from_slice(&(payload.len() as u64).wrapping_add(len).to_be_bytes());
+    out.extend_from_slice(payload);
+    if len <= SMALL_HOLE_MAX && rng.chance(60) {
+        let mut whole = payload[..cut].to_vec();
+        whole.resize(cut + len as usize, 0);
+        whole.extend_from_slice(&payload[cut..]);
+        out.extend_from_slice(&md5::Md5::digest(&whole));
+    } else if rng.chance(50) {
+        // The MD5 of the present bytes only; or no trailer at all: the hole covers it.
+        out.extend_from_slice(&md5::Md5::digest(payload));
+    } else {
+        let at = out.len();
+        return (
+            out,
+            Hole {
+                at,
+                len: len.saturating_add(16),
+            },
+        );
+    }
+    (out, Hole { at: 16 + cut, len })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1296,6 +1517,9 @@ enum Depth {
 struct Outcome {
     kind: Kind,
     depth: Depth,
+    /// `Some(held in memory)` for a sparse input: whether its whole apparent length was
+    /// small enough to give the reference decoder.
+    sparse: Option<bool>,
     recomputed: bool,
     new_valid_file: bool,
     fell_back: bool,
@@ -1520,27 +1744,39 @@ fn core_view(fs: &MemFs, input: &Input, seeds: &[Seed]) -> CoreView {
     v
 }
 
+/// Live bytes the core may allocate for any input, on top of 130 times the bytes the file
+/// holds: the read buffer (256 KiB), a chunk buffer allocated without a size check (at most
+/// 1 MiB more than 64 times its stored bytes), zstd's output windows.
+const ALLOCATION_BASE: u64 = 4 << 20;
+
 fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
     let fs = MemFs::new();
     fs.mkdir(DIR);
-    fs.put(STABLE, input.bytes.clone());
+    let file = Arc::new(input.file());
+    fs.put_sparse(STABLE, Arc::clone(&file));
     if input.with_backup {
         fs.put("/t/data.ptable.backup", seeds[input.seed].bytes.clone());
     }
     if input.as_snapshot {
         fs.mkdir("/t/snapshots");
-        fs.put(SNAPSHOT, input.bytes.clone());
+        fs.put_sparse(SNAPSHOT, Arc::clone(&file));
     }
     let (view, peak, largest) = tracked(|| core_view(&fs, input, seeds));
     let mut problems = view.problems;
-    let limit = (16u64 << 20) + 130 * input.bytes.len() as u64;
+    // What the core may allocate grows with the bytes the file really holds (a hole that
+    // the reference decoder is given counts: it may be valid data), never with a claim.
+    let materialized = file.materialize();
+    let held = materialized.as_ref().map_or(input.bytes.len(), Vec::len);
+    let limit = ALLOCATION_BASE + 130 * held as u64;
     if peak > limit {
         problems.push(format!("allocated {peak} live bytes (limit {limit})"));
     }
 
-    let kind = match input.bytes.get(0..8) {
-        Some(b"PTABLE\x02\x00") => Kind::V2,
-        Some(b"PTABLE\x01\x00") => Kind::Legacy,
+    let mut prefix = [0u8; 8];
+    file.read_at(0, &mut prefix);
+    let kind = match &prefix {
+        b"PTABLE\x02\x00" => Kind::V2,
+        b"PTABLE\x01\x00" => Kind::Legacy,
         _ => Kind::Other,
     };
     let depth = match (&view.open_err, &view.frames, &view.valid) {
@@ -1551,7 +1787,8 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
     };
 
     // The oracle.
-    let reference = reference_decode(&input.bytes);
+    // A file too large to hold in memory is never valid here: its hole was not made so.
+    let reference = materialized.as_deref().and_then(reference_decode);
     let mut new_valid_file = false;
     match (&view.read, &reference) {
         (Some(Ok(got)), Some(want)) => {
@@ -1567,7 +1804,7 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
             if !input.recomputed
                 && !seeds
                     .iter()
-                    .any(|s| s.bytes == input.bytes && &s.chunks == got)
+                    .any(|s| Some(&s.bytes) == materialized.as_ref() && &s.chunks == got)
             {
                 problems.push(
                     "checksums not recomputed, yet decoded: not byte-identical to a seed".into(),
@@ -1585,6 +1822,7 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
         Ok(Outcome {
             kind,
             depth,
+            sparse: input.hole.map(|_| materialized.is_some()),
             recomputed: input.recomputed,
             new_valid_file,
             fell_back: view.fell_back,
@@ -1616,6 +1854,10 @@ struct Stats {
     recomputed: AtomicU64,
     new_valid: AtomicU64,
     fell_back: AtomicU64,
+    /// Sparse inputs: all, those beyond what memory could hold, and those decoded.
+    sparse: AtomicU64,
+    sparse_huge: AtomicU64,
+    sparse_decoded: AtomicU64,
     /// [kind][depth]
     depth: [[AtomicU64; 4]; 3],
     peak: AtomicU64,
@@ -1645,9 +1887,10 @@ fn fuzz_decoders() {
     if let Some(only) = env_u64("PTABLE_FUZZ_ONLY") {
         let input = make_input(run_seed, only, &seeds);
         println!(
-            "input {only} of seed {run_seed:#x}: from {}, {} bytes, recomputed {}",
+            "input {only} of seed {run_seed:#x}: from {}, {} bytes, hole {:?}, recomputed {}",
             seeds[input.seed].name,
             input.bytes.len(),
+            input.hole,
             input.recomputed
         );
         println!("{:02x?}", input.bytes);
@@ -1736,6 +1979,15 @@ fn fuzz_decoders() {
                             if o.fell_back {
                                 stats.fell_back.fetch_add(1, Ordering::Relaxed);
                             }
+                            if let Some(held) = o.sparse {
+                                stats.sparse.fetch_add(1, Ordering::Relaxed);
+                                if !held {
+                                    stats.sparse_huge.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if o.depth == Depth::Decoded {
+                                    stats.sparse_decoded.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
                             stats.peak.fetch_max(o.peak, Ordering::Relaxed);
                             stats.largest.fetch_max(o.largest, Ordering::Relaxed);
                         }
@@ -1810,6 +2062,13 @@ fn fuzz_decoders() {
         get(&stats.fell_back)
     );
     println!(
+        "  sparse inputs (a hole of zeros, claims edited to cover it): {}, of which {} with an \
+         apparent size beyond {MATERIALIZE_MAX} bytes; {} decoded fully",
+        get(&stats.sparse),
+        get(&stats.sparse_huge),
+        get(&stats.sparse_decoded)
+    );
+    println!(
         "  core allocation per input: peak live {} bytes, largest single {} bytes",
         get(&stats.peak),
         get(&stats.largest)
@@ -1871,7 +2130,14 @@ fn a_frame_claiming_gigabytes_allocates_no_such_buffer() {
             fs.put("/f", file_claiming(level, &raw, claim));
             let ((verify, read), peak, largest) = tracked(|| {
                 let mut f = TableFile::open(&fs, Path::new("/f")).expect("header is valid");
-                assert_eq!(frames_only(&mut f), Ok(()), "frames are CRC-valid");
+                // CRC-valid frames: beyond the format's limit the claim alone is refused.
+                let frames = frames_only(&mut f).map_err(|e| e.reason);
+                let expected = if claim > MAX_CHUNK_LEN {
+                    Err(Reason::BadFile)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(frames, expected, "level {level} claim {claim}");
                 let verify = f.verify().map_err(|e| e.reason);
                 let read = read_all(&mut f).map_err(|e| e.reason);
                 (verify, read)
