@@ -74,10 +74,12 @@ defmodule PropertyTable.Persist do
   `{:error, reason}`; the bang functions raise `PropertyTable.Persist.Error`. Reasons:
   `:enoent` (nothing to restore), `:bad_checksum` and `:bad_file` (corrupt files),
   `:not_a_regular_file` (a FIFO, socket, device or directory in place of a file),
-  `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`, POSIX errors
-  such as `:eacces`, `:enospc` or `:enotdir`, and `:internal_error` (a bug: a writer or
-  reader thread of the NIF panicked; the persist or restore failed as it would on an I/O
-  error, with the files on disk and the table as they were).
+  `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`,
+  `:chunk_too_large` (the rows of one chunk encode to more than the format's 256 MiB: lower
+  `:chunk_size`), POSIX errors such as `:eacces`, `:enospc` or `:enotdir`, and
+  `:internal_error` (a bug: a writer or reader thread of the NIF panicked; the persist or
+  restore failed as it would on an I/O error, with the files on disk and the table as they
+  were).
   """
 
   require Logger

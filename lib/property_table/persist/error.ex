@@ -7,9 +7,9 @@ defmodule PropertyTable.Persist.Error do
 
     * `:reason` - an atom: `:enoent`, `:bad_checksum`, `:bad_file`, `:not_a_regular_file`,
       `:invalid_snapshot_id`, `:no_table`, `:bad_row`, `:unsafe_term`, `:busy`,
-      `:internal_error` (a bug: a thread of the NIF panicked; the files on disk are as after
-      any failed call), or a POSIX error such as `:eacces`, `:enospc`, `:erofs`, `:enotdir`,
-      `:eio`.
+      `:chunk_too_large`, `:internal_error` (a bug: a thread of the NIF panicked; the files on
+      disk are as after any failed call), or a POSIX error such as `:eacces`, `:enospc`,
+      `:erofs`, `:enotdir`, `:eio`.
     * `:path` - the file or directory concerned, or `nil`.
     * `:operation` - the function that failed, e.g. `:persist_to_disk`.
   """
@@ -48,6 +48,9 @@ defmodule PropertyTable.Persist.Error do
 
   def describe(:internal_error),
     do: "internal error: a thread of the NIF panicked (its message went to standard error)"
+
+  def describe(:chunk_too_large),
+    do: "the rows of one chunk encode to more than the format's 256 MiB (lower :chunk_size)"
 
   def describe(reason) when is_atom(reason) do
     case :file.format_error(reason) do
