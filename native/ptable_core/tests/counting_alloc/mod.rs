@@ -76,3 +76,13 @@ pub fn tracked<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
     let largest = LARGEST.with(|m| m.get()) as u64;
     (r, peak, largest)
 }
+
+/// Runs `f` (work of the test itself, such as a reference decoder) without counting its
+/// allocations, inside [`tracked`].
+#[allow(dead_code)]
+pub fn untracked<R>(f: impl FnOnce() -> R) -> R {
+    let was = TRACK.with(|t| t.replace(false));
+    let r = f();
+    TRACK.with(|t| t.set(was));
+    r
+}
