@@ -31,10 +31,20 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
       set by Nerves. When `MIX_TARGET` is set to something other than `host`
       and `CARGO_BUILD_TARGET` is not set, the Rust triple is derived as
       `<arch>-unknown-<os>-<abi>` (for example
-      `armv7-unknown-linux-gnueabihf`), and `CC` becomes the linker for that
-      triple (`CARGO_TARGET_<TRIPLE>_LINKER`) unless that variable is already
-      set. The triple's standard library must be installed
-      (`rustup target add <triple>`).
+      `armv7-unknown-linux-gnueabihf`; see `target_triple/1`), and `CC`
+      becomes the linker for that triple (`CARGO_TARGET_<TRIPLE>_LINKER`)
+      unless that variable is already set.
+
+    * `RUSTC` - the `rustc` cargo runs (cargo's own variable). A cross build
+      needs a `rustc` that has the triple's standard library: rustup's
+      (`rustup target add <triple>`), or a distribution's, such as Debian's
+      `rustc-web` with `libstd-rust-web-dev:<arch>` and `RUSTC=/usr/bin/rustc`.
+
+  Rust's musl targets link the C runtime statically by default, and a static
+  runtime cannot go into a shared library: rustc silently skips the NIF. For a
+  musl triple (Nerves' x86_64 systems) the compiler therefore adds
+  `-C target-feature=-crt-static` to the flags cargo uses for that triple
+  (see `cargo_env/2`), after any the user set.
   """
 
   use Mix.Task.Compiler
@@ -49,7 +59,7 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
     root = project_root()
     cargo = find_cargo!()
     profile = profile!()
-    triple = target_triple()
+    triple = target_triple(System.get_env())
     args = cargo_args(profile, triple)
 
     # cargo announces its own work; echoing the command on every (usually
@@ -58,7 +68,7 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
 
     case System.cmd(cargo, args,
            cd: root,
-           env: cargo_env(triple),
+           env: cargo_env(triple, System.get_env()),
            into: IO.stream(:stdio, :line),
            stderr_to_stdout: true
          ) do
@@ -124,29 +134,41 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
       Mix.raise("PROPERTY_TABLE_NIF_PROFILE must be release, debug or dev, got: #{name}")
   end
 
-  defp target_triple do
-    env("CARGO_BUILD_TARGET") || nerves_triple()
+  @doc """
+  The Rust target triple to build for, from environment variables (`name => value`; an
+  empty value counts as unset), or `nil` for a host build.
+
+  `CARGO_BUILD_TARGET` wins. Otherwise a Nerves build (`MIX_TARGET` set and not `host`)
+  gives `<arch>-unknown-<os>-<abi>` from `TARGET_ARCH`, `TARGET_OS` and `TARGET_ABI`, with
+  Nerves' architecture names mapped to Rust's: `arm` is `armv7` (`arm` only for the ARMv6
+  `TARGET_CPU=arm1176*`), `riscv64` is `riscv64gc`. So `rpi4` gives
+  `aarch64-unknown-linux-gnu`, `bbb` `armv7-unknown-linux-gnueabihf`, `rpi0`
+  `arm-unknown-linux-gnueabihf` and `x86_64` `x86_64-unknown-linux-musl`.
+  """
+  @spec target_triple(%{optional(String.t()) => String.t()}) :: String.t() | nil
+  def target_triple(env) do
+    get(env, "CARGO_BUILD_TARGET") || nerves_triple(env)
   end
 
-  defp nerves_triple do
-    with target when target not in [nil, "host"] <- env("MIX_TARGET"),
-         arch when arch != nil <- env("TARGET_ARCH"),
-         os when os != nil <- env("TARGET_OS"),
-         abi when abi != nil <- env("TARGET_ABI") do
-      "#{rust_arch(arch, abi, env("TARGET_CPU"))}-unknown-#{os}-#{abi}"
+  defp nerves_triple(env) do
+    with target when target not in [nil, "host"] <- get(env, "MIX_TARGET"),
+         arch when arch != nil <- get(env, "TARGET_ARCH"),
+         os when os != nil <- get(env, "TARGET_OS"),
+         abi when abi != nil <- get(env, "TARGET_ABI") do
+      "#{rust_arch(arch, get(env, "TARGET_CPU"))}-unknown-#{os}-#{abi}"
     else
       _ -> nil
     end
   end
 
-  # Nerves says "arm" for every 32-bit ARM system. Rust's arm-*-gnueabihf
-  # targets are ARMv6; the ARMv7 boards (the common case) need armv7-*. The
-  # ARM11 cores (Raspberry Pi Zero/1) really are ARMv6, so they keep "arm".
-  defp rust_arch("arm", "gnueabihf", "arm1176" <> _), do: "arm"
-  defp rust_arch("arm", "gnueabihf", _cpu), do: "armv7"
+  # Nerves says "arm" for every 32-bit ARM system. Rust's plain arm-* targets are ARMv6;
+  # the ARMv7 boards (the common case) need armv7-*. The ARM11 cores (Raspberry Pi
+  # Zero/1) really are ARMv6, so they keep "arm".
+  defp rust_arch("arm", "arm1176" <> _), do: "arm"
+  defp rust_arch("arm", _cpu), do: "armv7"
   # Rust has no plain riscv64 Linux target, only the RV64GC one.
-  defp rust_arch("riscv64", _abi, _cpu), do: "riscv64gc"
-  defp rust_arch(arch, _abi, _cpu), do: arch
+  defp rust_arch("riscv64", _cpu), do: "riscv64gc"
+  defp rust_arch(arch, _cpu), do: arch
 
   defp cargo_args(profile, triple) do
     ["build", "--locked", "-p", @crate] ++
@@ -154,18 +176,60 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
       if(triple, do: ["--target", triple], else: [])
   end
 
-  defp cargo_env(nil), do: []
+  @doc """
+  The variables the compiler adds to cargo's environment for `triple`, given the current
+  environment `env` (`name => value`; an empty value counts as unset).
 
-  defp cargo_env(triple) do
-    linker_var =
-      "CARGO_TARGET_#{triple |> String.upcase() |> String.replace(~r/[^A-Z0-9]/, "_")}_LINKER"
+    * A Nerves build's `CC` becomes the triple's linker, `CARGO_TARGET_<TRIPLE>_LINKER`,
+      unless that is set already.
+    * A musl triple gets `-C target-feature=-crt-static`, appended to the flags the user
+      gave: to `CARGO_ENCODED_RUSTFLAGS` or `RUSTFLAGS` when set (cargo then ignores the
+      per-target flags), else to `CARGO_TARGET_<TRIPLE>_RUSTFLAGS`.
+  """
+  @spec cargo_env(String.t() | nil, %{optional(String.t()) => String.t()}) ::
+          [{String.t(), String.t()}]
+  def cargo_env(nil, _env), do: []
+
+  def cargo_env(triple, env) do
+    linker_env(triple, env) ++ rustflags_env(triple, env)
+  end
+
+  defp linker_env(triple, env) do
+    linker_var = target_var(triple, "LINKER")
 
     # Only a Nerves build hands us a cross CC meant for this triple; a plain
     # CARGO_BUILD_TARGET build keeps whatever linker cargo is configured with.
-    case {nerves_triple(), env("CC"), env(linker_var)} do
+    case {nerves_triple(env), get(env, "CC"), get(env, linker_var)} do
       {nerves, cc, nil} when nerves != nil and cc != nil -> [{linker_var, cc}]
       _ -> []
     end
+  end
+
+  # musl targets default to crt-static, with which rustc drops the cdylib ("dropping
+  # unsupported crate type") and cargo still succeeds.
+  defp rustflags_env(triple, env) do
+    if String.contains?(triple, "musl") do
+      flags = ["-C", "target-feature=-crt-static"]
+
+      cond do
+        encoded = get(env, "CARGO_ENCODED_RUSTFLAGS") ->
+          [{"CARGO_ENCODED_RUSTFLAGS", Enum.join([encoded | flags], "\x1f")}]
+
+        plain = get(env, "RUSTFLAGS") ->
+          [{"RUSTFLAGS", Enum.join([plain | flags], " ")}]
+
+        true ->
+          var = target_var(triple, "RUSTFLAGS")
+          [{var, Enum.join(List.wrap(get(env, var)) ++ flags, " ")}]
+      end
+    else
+      []
+    end
+  end
+
+  # cargo's per-target configuration variable, CARGO_TARGET_<TRIPLE>_<KEY>.
+  defp target_var(triple, key) do
+    "CARGO_TARGET_#{triple |> String.upcase() |> String.replace(~r/[^A-Z0-9]/, "_")}_#{key}"
   end
 
   defp built_library(root, profile, triple) do
@@ -221,12 +285,7 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
   end
 
   defp build_failed(root, status, triple) do
-    hint =
-      if triple,
-        do: " (is the #{triple} standard library installed? `rustup target add #{triple}`)",
-        else: ""
-
-    message = "cargo build of #{@crate} failed with exit status #{status}#{hint}"
+    message = "cargo build of #{@crate} failed with exit status #{status}#{cross_hint(triple)}"
     Mix.shell().error(message)
 
     {:error,
@@ -241,10 +300,25 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
      ]}
   end
 
+  defp cross_hint(nil), do: ""
+
+  defp cross_hint(triple) do
+    """
+    . A build for #{triple} needs that target's Rust standard library. Either:
+      * rustup: `rustup target add #{triple}`;
+      * a distribution's Rust with the target's std, e.g. on Debian
+        `apt-get install rustc-web cargo-web libstd-rust-web-dev:<arch>` and
+        RUSTC=/usr/bin/rustc CARGO=/usr/bin/cargo;
+      * or no Rust at all: a precompiled NIF (see README, Nerves).\
+    """
+  end
+
   # Treats an empty variable like an unset one: `FOO= mix compile` is a common
   # way to switch a setting off.
-  defp env(name) do
-    case System.get_env(name) do
+  defp env(name), do: get(System.get_env(), name)
+
+  defp get(env, name) do
+    case Map.get(env, name) do
       "" -> nil
       value -> value
     end

@@ -4,6 +4,10 @@ defmodule PropertyTable.Persist.Native do
   # touches files runs on a dirty I/O scheduler. Errors come back as
   # `{:error, reason_atom, path | nil}`.
 
+  # The compiler would load the module as soon as it is compiled, running load_nif in the
+  # compiling VM; for a cross build (a Nerves target) that is the host VM, which cannot load
+  # the target's library and would log a load failure. The first call loads it instead.
+  @compile {:autoload, false}
   @on_load :load_nif
 
   @doc false
