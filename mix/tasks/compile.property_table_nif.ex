@@ -304,7 +304,9 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
 
   defp cross_hint(triple) do
     """
-    . A build for #{triple} needs that target's Rust standard library. Either:
+    .
+    If cargo could not find the Rust standard library for #{triple}
+    (error E0463), get it one of these ways:
       * rustup: `rustup target add #{triple}`;
       * a distribution's Rust with the target's std, e.g. on Debian
         `apt-get install rustc-web cargo-web libstd-rust-web-dev:<arch>` and
