@@ -36,6 +36,16 @@ pub struct EntryMeta {
     pub modified: SystemTime,
 }
 
+/// Microseconds from the Unix epoch to `t`: negative before 1970, saturating at the ends
+/// of `i64` (some 292,000 years either way).
+pub fn unix_us(t: SystemTime) -> i64 {
+    let micros = |d: std::time::Duration| i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => micros(after),
+        Err(before) => -micros(before.duration()),
+    }
+}
+
 /// The filesystem as the protocols see it.
 pub trait Fs: Send + Sync {
     /// Creates a new, empty file for writing. Whatever entry had that name (a file, a FIFO,

@@ -2,11 +2,10 @@
 //! directory copied off a device. Reads headers and checksums; never decodes rows.
 
 use crate::error::{Error, Reason, Result};
-use crate::fs::Fs;
+use crate::fs::{unix_us, Fs};
 use crate::reader::{FileHeader, TableFile};
 use crate::table_dir::{list_snapshots, quarantined_files, TableDir};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
 
 /// The role of a file in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,16 +88,12 @@ pub fn inspect_dir(fs: &dyn Fs, dir: &TableDir, verify: bool) -> Result<Vec<File
 /// `None` when the file does not exist.
 fn report(fs: &dyn Fs, role: FileRole, path: PathBuf, verify: bool) -> Option<FileReport> {
     let meta = fs.metadata(&path).ok()?;
-    let modified_unix_us = match meta.modified.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(_) => 0,
-    };
     let (header, status) = check(fs, &path, verify);
     Some(FileReport {
         path,
         role,
         size: meta.len,
-        modified_unix_us,
+        modified_unix_us: unix_us(meta.modified),
         header,
         status,
     })

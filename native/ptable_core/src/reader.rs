@@ -14,7 +14,7 @@ use crate::error::{Error, Reason, Result};
 use crate::format::{
     parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN,
     LEGACY_HEADER_LEN, LEGACY_TRAILER_LEN, MAX_CHUNK_LEN, MAX_HEADER_BODY_LEN,
-    MAX_LEGACY_PAYLOAD_LEN, MAX_STORED_LEN, PREFIX_LEN,
+    MAX_LEGACY_PAYLOAD_LEN, MAX_STORED_LEN, PREFIX_LEN, VERSION_CURRENT, VERSION_LEGACY,
 };
 use crate::fs::{Fs, ReadFile, WriteFile};
 use md5::{Digest, Md5};
@@ -45,6 +45,24 @@ pub enum FileHeader {
     Current(HeaderV2),
     /// Version 1 (property_table): only the payload length is known without decoding.
     Legacy { payload_len: u64 },
+}
+
+impl FileHeader {
+    /// The version 2 header; `None` for a legacy file.
+    pub fn current(&self) -> Option<&HeaderV2> {
+        match self {
+            FileHeader::Current(h) => Some(h),
+            FileHeader::Legacy { .. } => None,
+        }
+    }
+
+    /// The format version the file was written in.
+    pub fn version(&self) -> u8 {
+        match self {
+            FileHeader::Current(_) => VERSION_CURRENT,
+            FileHeader::Legacy { .. } => VERSION_LEGACY,
+        }
+    }
 }
 
 /// One decoded chunk: the external term format of a list of `{property, value}` pairs.

@@ -17,14 +17,13 @@
 use crate::codec::{writes_codec, CODEC_ZSTD_STREAM};
 use crate::error::{Error, Reason, Result};
 use crate::format::MAX_CHUNK_LEN;
-use crate::fs::{Fs, LockGuard};
+use crate::fs::{unix_us, Fs, LockGuard};
 use crate::reader::{Chunk, FileHeader, TableFile};
 use crate::snapshot_id::SnapshotId;
 use crate::writer::{ChunkWriter, Stamp, WriteOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 pub const STABLE: &str = "data.ptable";
@@ -105,10 +104,7 @@ fn lock_dir(fs: &dyn Fs, dir: &TableDir) -> Result<Box<dyn LockGuard>> {
 
 /// The sequence number of a version 2 file.
 fn sequence_in(file: &TableFile) -> Option<u64> {
-    match file.header() {
-        FileHeader::Current(h) => Some(h.sequence),
-        FileHeader::Legacy { .. } => None,
-    }
+    file.header().current().map(|h| h.sequence)
 }
 
 /// The sequence number of the header of `path`, if it has a readable version 2 header.
@@ -130,12 +126,12 @@ fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>)
 /// Makes the synced tmp file the stable file (see the module documentation). Only a stable
 /// file that verifies completely ([`TableFile::verify`]) becomes the backup; one that exists
 /// but does not is moved aside as evidence, so it never pushes out a good backup.
-fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
+fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir, max_quarantined: usize) -> Result<()> {
     let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
     match open_verified(fs, &stable) {
-        Ok(_) => rotate_into_backup(fs, dir, &stable, &backup)?,
+        Ok(_) => rotate_into_backup(fs, dir, &stable, &backup, max_quarantined)?,
         Err(e) if e.reason.is_corruption() => {
-            quarantine_file(fs, dir, &stable, DEFAULT_MAX_QUARANTINED)?;
+            quarantine_file(fs, dir, &stable, max_quarantined)?;
         }
         Err(_) => {}
     }
@@ -146,10 +142,16 @@ fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir) -> Result<()> {
 
 /// Renames the verified stable file to the backup. A directory in the backup's place, which
 /// a rename cannot replace, is moved aside like a corrupt file first.
-fn rotate_into_backup(fs: &dyn Fs, dir: &TableDir, stable: &Path, backup: &Path) -> Result<()> {
+fn rotate_into_backup(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    stable: &Path,
+    backup: &Path,
+    max_quarantined: usize,
+) -> Result<()> {
     match fs.rename(stable, backup) {
         Err(e) if e.kind() == io::ErrorKind::IsADirectory => {
-            quarantine_file(fs, dir, backup, DEFAULT_MAX_QUARANTINED)?;
+            quarantine_file(fs, dir, backup, max_quarantined)?;
             fs.rename(stable, backup)
         }
         result => result,
@@ -157,7 +159,8 @@ fn rotate_into_backup(fs: &dyn Fs, dir: &TableDir, stable: &Path, backup: &Path)
     .map_err(|e| Error::io(&e, stable))
 }
 
-/// Quarantined files kept by a persist that finds a corrupt stable file.
+/// Quarantined files a persist keeps unless told otherwise (core callers and tests: the NIF
+/// always passes the Elixir option, whose default is the user-facing one).
 pub const DEFAULT_MAX_QUARANTINED: usize = 5;
 const QUARANTINE_MARK: &str = ".corrupt-";
 
@@ -279,6 +282,8 @@ pub struct PersistSession {
     digest: Xxh3,
     committed: bool,
     expected_rows: u64,
+    /// Quarantined files kept when a commit moves a corrupt file aside.
+    max_quarantined: usize,
     /// Overrides the writer's choice of two streams (tests).
     two_streams: Option<bool>,
     // Dropped last: everything above happens under the lock.
@@ -316,6 +321,7 @@ impl PersistSession {
             digest: Xxh3::new(),
             committed: false,
             expected_rows: 0,
+            max_quarantined: DEFAULT_MAX_QUARANTINED,
             two_streams: None,
             _lock: lock,
         })
@@ -339,6 +345,12 @@ impl PersistSession {
         if let Some(Mode::Writing(writer)) = &mut self.mode {
             writer.expect_rows(rows);
         }
+    }
+
+    /// How many quarantined files to keep when the commit moves a corrupt stable file (or a
+    /// directory in the backup's place) aside; the oldest beyond are deleted.
+    pub fn set_max_quarantined(&mut self, max: usize) {
+        self.max_quarantined = max;
     }
 
     /// Appends one chunk: the encoding of `rows` rows. A failed append ends the session: the
@@ -429,7 +441,7 @@ impl PersistSession {
     pub fn commit(&mut self) -> Result<CommitOutcome> {
         let digest = self.digest.digest128().to_le_bytes();
         if let Some(Mode::Comparing { stable, .. }) = self.mode.as_mut() {
-            let FileHeader::Current(h) = *stable.header() else {
+            let Some(h) = stable.header().current().copied() else {
                 return Err(Error::new(Reason::BadFile, stable.path()));
             };
             // Every chunk matched; reading past the last checks the header's totals and the
@@ -456,7 +468,7 @@ impl PersistSession {
         };
         let result = writer
             .finish(digest)
-            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir));
+            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir, self.max_quarantined));
         match result {
             Ok(()) => {
                 self.committed = true;
@@ -507,8 +519,10 @@ fn copy_matched_frames(
     matched: u64,
     decoded_past: bool,
 ) -> Result<bool> {
-    let one_stream =
-        matches!(stable.header(), FileHeader::Current(h) if h.codec == CODEC_ZSTD_STREAM);
+    let one_stream = stable
+        .header()
+        .current()
+        .is_some_and(|h| h.codec == CODEC_ZSTD_STREAM);
     let copyable =
         one_stream && writer.can_copy_frames() && !decoded_past && stable.stream_can_end_here();
     stable.rewind()?;
@@ -571,10 +585,11 @@ fn no_buffer(_len: usize) -> Option<Vec<u8>> {
 /// Whether the stable file is a version 2 file written with the same options, so that an
 /// unchanged table can be recognised chunk by chunk.
 fn is_comparable(stable: &TableFile, options: WriteOptions) -> bool {
-    matches!(stable.header(), FileHeader::Current(h)
-        if h.level == options.level
+    stable.header().current().is_some_and(|h| {
+        h.level == options.level
             && h.chunk_rows == options.chunk_rows
-            && writes_codec(options.level, h.codec))
+            && writes_codec(options.level, h.codec)
+    })
 }
 
 /// Which file a restore read.
@@ -761,13 +776,6 @@ pub fn list_snapshots(fs: &dyn Fs, dir: &TableDir) -> Result<Vec<SnapshotEntry>>
     Ok(entries)
 }
 
-fn unix_us(t: std::time::SystemTime) -> i64 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
-    }
-}
-
 /// Copies the stable file to `snapshots/<new id>` (tmp, fsync, rename, directory fsync) and
 /// applies retention. The caller holds the directory lock.
 fn snapshot_stable(
@@ -882,8 +890,8 @@ pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
     // Closed before the stable file is renamed to the backup.
     drop(stable);
     let tmp = dir.tmp();
-    let result =
-        copy_file(fs, &snapshot, &tmp, stamp).and_then(|()| install_tmp_as_stable(fs, dir));
+    let result = copy_file(fs, &snapshot, &tmp, stamp)
+        .and_then(|()| install_tmp_as_stable(fs, dir, DEFAULT_MAX_QUARANTINED));
     if result.is_err() {
         remove_if_present(fs, &tmp);
     }

@@ -10,7 +10,7 @@ use crate::error::{Error, Reason, Result};
 use crate::format::{
     FrameHeader, HeaderV2, FRAME_HEADER_LEN, HEADER_AREA_LEN, MAX_CHUNK_LEN, MAX_STORED_LEN,
 };
-use crate::fs::{Fs, WriteFile};
+use crate::fs::{unix_us, Fs, WriteFile};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -37,15 +37,10 @@ pub struct Stamp {
 impl Stamp {
     /// `sequence` created now.
     pub fn now(sequence: u64) -> Self {
-        let created_unix_us =
-            match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-                Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
-                // A clock before 1970 (devices without an RTC): record the epoch.
-                Err(_) => 0,
-            };
         Stamp {
             sequence,
-            created_unix_us,
+            // A clock before 1970 (devices without an RTC): record the epoch.
+            created_unix_us: unix_us(std::time::SystemTime::now()).max(0),
         }
     }
 }
