@@ -1066,7 +1066,9 @@ defmodule PersistBench.Profile do
         rows = :ets.info(table, :size)
 
         {begin_us, {:ok, session}} =
-          t.(fn -> Native.persist_begin(table_dir, level, chunk, rows) end)
+          t.(fn ->
+            Native.persist_begin(table_dir, level, chunk, rows, defaults[:max_quarantined])
+          end)
 
         :ets.safe_fixtable(table, true)
         {sel0, first} = t.(fn -> :ets.select(table, @row_spec, chunk) end)
@@ -1084,7 +1086,7 @@ defmodule PersistBench.Profile do
           )
 
         :ets.safe_fixtable(table, false)
-        {commit, :ok} = t.(fn -> Native.persist_commit(session) end)
+        {commit, :ok} = t.(fn -> Native.persist_commit(session, false) end)
         Native.persist_close(session)
 
         [
@@ -1161,7 +1163,7 @@ defmodule PersistBench.Profile do
   defp restore_open(table_dir) do
     max = PropertyTable.Persist.Options.defaults()[:max_quarantined]
 
-    {:ok, reader, _kind, _path, _failures, _quarantined, _chunks} =
+    %Native.RestoreOpen{file: {:ok, %Native.Source{reader: reader}}} =
       Native.restore_open(table_dir, max)
 
     reader

@@ -84,7 +84,8 @@ defmodule PropertyTable.Persist do
 
   require Logger
 
-  alias PropertyTable.Persist.{Error, Native, Options, Rollback}
+  alias PropertyTable.Persist.{Error, Native, Options, Restore, Rollback}
+  alias PropertyTable.Persist.Native.FileInfo
 
   @typedoc "An ETS table: its name or its reference."
   @type table :: :ets.table()
@@ -178,7 +179,7 @@ defmodule PropertyTable.Persist do
   def restore_from_disk(table, options \\ []) do
     opts = Options.validate!(table, options)
 
-    case restore_table(table, opts) do
+    case Restore.run(table, opts) do
       :ok -> :ok
       {:error, error} -> log_and_return(error, {:error, error.reason})
     end
@@ -195,7 +196,7 @@ defmodule PropertyTable.Persist do
   @spec restore_from_disk!(table(), keyword()) :: :ok
   def restore_from_disk!(table, options \\ []) do
     opts = Options.validate!(table, options)
-    table |> restore_table(opts) |> unwrap!()
+    table |> Restore.run(opts) |> unwrap!()
   end
 
   @doc """
@@ -261,12 +262,9 @@ defmodule PropertyTable.Persist do
   def get_snapshot_list(options \\ []) do
     opts = Options.validate!(nil, options)
 
-    case Native.snapshot_list(opts.table_dir) do
-      {:ok, entries} ->
-        for {id, _sequence, created_us} <- entries, do: {id, utc_datetime(created_us)}
-
-      {:error, reason, path} ->
-        raise error(reason, path, :get_snapshot_list)
+    case Native.snapshot_list(opts.table_dir) |> Native.check(:get_snapshot_list) do
+      {:ok, entries} -> for %{id: id, created_us: us} <- entries, do: {id, utc_datetime(us)}
+      {:error, error} -> raise error
     end
   end
 
@@ -352,26 +350,24 @@ defmodule PropertyTable.Persist do
             "invalid value for option :verify: #{inspect(verify?)} (must be true or false)"
     end
 
-    case Native.inspect(opts.table_dir, verify?) do
+    case Native.inspect(opts.table_dir, verify?) |> Native.check(:inspect_files) do
       {:ok, files} -> Enum.map(files, &file_report/1)
-      {:error, reason, path} -> raise error(reason, path, :inspect_files)
+      {:error, error} -> raise error
     end
   end
 
-  defp file_report(
-         {path, kind, size, mtime_us, version, created_us, sequence, rows, level, status}
-       ) do
+  defp file_report(%FileInfo{} = file) do
     %{
-      path: path,
-      kind: kind,
-      format_version: version,
-      created: created_us && utc_datetime(created_us),
-      sequence: sequence,
-      rows: rows,
-      size: size,
-      modified: utc_datetime(mtime_us),
-      compression: level,
-      status: status
+      path: file.path,
+      kind: file.kind,
+      format_version: file.format_version,
+      created: file.created_us && utc_datetime(file.created_us),
+      sequence: file.sequence,
+      rows: file.rows,
+      size: file.size,
+      modified: utc_datetime(file.modified_us),
+      compression: file.compression,
+      status: file.status
     }
   end
 
@@ -383,14 +379,10 @@ defmodule PropertyTable.Persist do
   defp write_table(table, opts, operation, after_commit) do
     with {:ok, rows} <- table_size(table, operation),
          {:ok, session} <-
-           locked(
-             opts,
-             operation,
-             &Native.persist_begin(&1, opts.compression, opts.chunk_size, rows)
-           ) do
+           locked(opts, operation, &begin_persist(&1, opts, rows)) do
       try do
         with :ok <- stream_table(table, session, opts, operation),
-             :ok <- native(Native.persist_commit(session, after_commit == nil), operation) do
+             :ok <- Native.check(Native.persist_commit(session, after_commit == nil), operation) do
           if after_commit, do: after_commit.(session), else: :ok
         end
       after
@@ -399,21 +391,23 @@ defmodule PropertyTable.Persist do
     end
   end
 
+  defp begin_persist(dir, opts, rows) do
+    Native.persist_begin(dir, opts.compression, opts.chunk_size, rows, opts.max_quarantined)
+  end
+
   defp take_snapshot(session, opts) do
-    native(Native.persist_snapshot(session, opts.max_snapshots), :save_snapshot)
+    Native.check(Native.persist_snapshot(session, opts.max_snapshots), :save_snapshot)
   end
 
   # The row count (a hint for the compressor), or `:no_table`.
   defp table_size(table, operation) do
     case :ets.info(table, :size) do
       size when is_integer(size) -> {:ok, size}
-      :undefined -> {:error, error(:no_table, nil, operation)}
+      :undefined -> {:error, %Error{reason: :no_table, operation: operation}}
     end
   rescue
-    ArgumentError -> {:error, error(:no_table, nil, operation)}
+    ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
   end
-
-  defp table_exists?(table), do: match?({:ok, _}, table_size(table, nil))
 
   # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
   # other processes write), encodes each chunk and hands it to the writer.
@@ -425,7 +419,7 @@ defmodule PropertyTable.Persist do
       |> :ets.select(@row_spec, opts.chunk_size)
       |> stream_chunks(session, operation)
     rescue
-      ArgumentError -> {:error, error(:no_table, nil, operation)}
+      ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
     after
       if fixed, do: Rollback.fix_table(table, false)
     end
@@ -435,160 +429,15 @@ defmodule PropertyTable.Persist do
 
   defp stream_chunks({pairs, continuation}, session, operation) do
     if :lists.member(@bad_row, pairs) do
-      {:error, error(:bad_row, nil, operation)}
+      {:error, %Error{reason: :bad_row, operation: operation}}
     else
       chunk = :erlang.term_to_binary(pairs)
 
-      case native(Native.persist_append(session, chunk, length(pairs)), operation) do
+      case Native.check(Native.persist_append(session, chunk, length(pairs)), operation) do
         :ok -> continuation |> :ets.select() |> stream_chunks(session, operation)
         error -> error
       end
     end
-  end
-
-  ## Restore
-
-  defp restore_table(table, opts) do
-    with :ok <- check_restore_target(table) do
-      case Native.restore_open(opts.table_dir, opts.max_quarantined) do
-        {:ok, reader, kind, path, failures, quarantined, chunks} ->
-          warn_failures(failures)
-          log_quarantined(quarantined)
-
-          if kind != :stable,
-            do: Logger.warning("PropertyTable.Persist: restoring from #{kind} file #{path}")
-
-          try do
-            load_verified(table, reader, chunks, path, opts)
-          after
-            Native.restore_close(reader)
-          end
-
-        {:error, reason, path, failures, quarantined} ->
-          warn_failures(failures)
-          log_quarantined(quarantined)
-          {:error, error(reason, path, :restore_from_disk)}
-      end
-    end
-  end
-
-  defp check_restore_target(table) when is_atom(table), do: :ok
-
-  defp check_restore_target(table) do
-    if table_exists?(table), do: :ok, else: {:error, error(:no_table, nil, :restore_from_disk)}
-  end
-
-  # The file verified completely (every checksum and content hash) before this runs, yet a
-  # chunk can still fail on the way in: a read error, a file replaced on disk meanwhile, a checksummed
-  # payload from another writer that does not decode, or (with `safe: true`) an unknown
-  # atom. So the table's previous rows are kept aside until the last chunk is in and put
-  # back on failure, or when this process dies before (see `Rollback`): the table ends up
-  # holding the whole file or what it held before.
-  defp load_verified(table, reader, chunks, path, opts) do
-    case Rollback.set_aside(table) do
-      {:ok, target, previous} ->
-        try do
-          insert_chunks(target, reader, chunks, path, System.monotonic_time(), opts.safe)
-        catch
-          kind, reason ->
-            Rollback.undo(previous)
-            :erlang.raise(kind, reason, __STACKTRACE__)
-        else
-          :ok ->
-            Rollback.commit(previous)
-
-          {:error, _} = error ->
-            Rollback.undo(previous)
-            error
-        end
-
-      :no_table ->
-        {:error, error(:no_table, nil, :restore_from_disk)}
-    end
-  end
-
-  # A file of several chunks is streamed: a thread of the NIF reads, decompresses and
-  # decodes the next chunks while this process inserts the current one, and sends each
-  # chunk's rows as a message built outside this process's heap (received without a copy).
-  # Each insert gives the thread a credit for one more chunk, which bounds the rows in
-  # flight. A file of one chunk is decoded by a plain NIF call.
-  defp insert_chunks(table, reader, chunks, path, timestamp, safe?) do
-    if chunks > 1 do
-      tag = make_ref()
-
-      try do
-        with :ok <-
-               native(Native.restore_stream(reader, tag, timestamp, safe?), :restore_from_disk),
-             do: insert_streamed(table, reader, tag, path)
-      after
-        # Stops the thread for good, so no message can come after the flush.
-        Native.restore_close(reader)
-        flush_streamed(tag)
-      end
-    else
-      insert_read(table, reader, path, timestamp, safe?)
-    end
-  end
-
-  defp insert_streamed(table, reader, tag, path) do
-    receive do
-      {^tag, answer} ->
-        insert_answer(table, answer, path, fn ->
-          Native.restore_ack(reader)
-          insert_streamed(table, reader, tag, path)
-        end)
-    end
-  end
-
-  defp flush_streamed(tag) do
-    receive do
-      {^tag, _} -> flush_streamed(tag)
-    after
-      0 -> :ok
-    end
-  end
-
-  defp insert_read(table, reader, path, timestamp, safe?) do
-    answer = Native.restore_rows(reader, timestamp, safe?)
-
-    insert_answer(table, answer, path, fn ->
-      insert_read(table, reader, path, timestamp, safe?)
-    end)
-  end
-
-  # Inserts the rows of one answer of the NIF (a call's or the thread's), then runs `more`
-  # unless they were the file's last (`{:last, rows}`: the NIF has checked the whole file).
-  defp insert_answer(table, {:ok, rows}, _path, more) do
-    with :ok <- insert_rows(table, rows), do: more.()
-  end
-
-  defp insert_answer(table, {:last, rows}, _path, _more), do: insert_rows(table, rows)
-  defp insert_answer(_table, :done, _path, _more), do: :ok
-
-  defp insert_answer(_table, {:error, reason, error_path}, path, _more),
-    do: {:error, error(reason, error_path || path, :restore_from_disk)}
-
-  # The table can be deleted by its owner while rows are going in. `:ets.insert/2` charges
-  # a list of rows far fewer reductions than its time is worth; with chunks waiting in the
-  # mailbox, the restoring process would keep its scheduler for 10 ms and more. Four
-  # reductions per row (inserting one into a large table takes about a microsecond) make it
-  # yield about every millisecond, like other work on the scheduler.
-  defp insert_rows(table, rows) do
-    :ets.insert(table, rows)
-    :erlang.bump_reductions(4 * length(rows))
-    :ok
-  rescue
-    ArgumentError -> {:error, error(:no_table, nil, :restore_from_disk)}
-  end
-
-  defp warn_failures(failures) do
-    Enum.each(failures, fn {reason, path} ->
-      Logger.warning("PropertyTable.Persist: skipping #{path}: #{Error.describe(reason)}")
-    end)
-  end
-
-  defp log_quarantined(paths) do
-    Enum.each(paths, &Logger.error("PropertyTable.Persist: moved corrupt file aside to #{&1}"))
   end
 
   ## Snapshots
@@ -598,7 +447,7 @@ defmodule PropertyTable.Persist do
   end
 
   defp install_snapshot(_opts, _id),
-    do: {:error, error(:invalid_snapshot_id, nil, :restore_snapshot)}
+    do: {:error, %Error{reason: :invalid_snapshot_id, operation: :restore_snapshot}}
 
   defp utc_datetime(unix_us) do
     :calendar.system_time_to_universal_time(max(unix_us, 0), :microsecond)
@@ -620,25 +469,18 @@ defmodule PropertyTable.Persist do
 
   defp retry_locked(dir, operation, call, deadline, backoff) do
     case call.(dir) do
-      {:error, :busy, path} ->
+      {:error, %{reason: :busy} = failure} ->
         if deadline != :infinity and System.monotonic_time(:millisecond) >= deadline do
-          {:error, error(:busy, path, operation)}
+          {:error, Native.error(failure, operation)}
         else
           Process.sleep(backoff + :rand.uniform(backoff))
           retry_locked(dir, operation, call, deadline, min(backoff * 2, 32))
         end
 
       other ->
-        native(other, operation)
+        Native.check(other, operation)
     end
   end
-
-  defp native(:ok, _operation), do: :ok
-  defp native({:ok, value}, _operation), do: {:ok, value}
-  defp native({:error, reason, path}, operation), do: {:error, error(reason, path, operation)}
-
-  defp error(reason, path, operation),
-    do: %Error{reason: reason, path: path, operation: operation}
 
   defp unwrap!(:ok), do: :ok
   defp unwrap!({:ok, value}), do: value

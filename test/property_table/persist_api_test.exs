@@ -9,7 +9,7 @@ defmodule PropertyTable.PersistApiTest do
   import PropertyTable.Persist.TestHelpers
 
   alias PropertyTable.Persist
-  alias PropertyTable.Persist.Error
+  alias PropertyTable.Persist.{Error, Native, NativeHelpers}
 
   @moduletag :tmp_dir
 
@@ -353,12 +353,11 @@ defmodule PropertyTable.PersistApiTest do
     test "a verified version 2 file whose second chunk does not decode leaves the table untouched",
          %{tmp_dir: dir} do
       # Only a writer other than this library makes such a file; written with the NIF here.
-      alias PropertyTable.Persist.Native
       File.mkdir_p!(table_dir(dir))
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 2)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 2)
       :ok = Native.persist_append(s, :erlang.term_to_binary([{["a"], 1}, {["b"], 2}]), 2)
       :ok = Native.persist_append(s, :erlang.term_to_binary([{["c"], 3, :extra}]), 1)
-      :ok = Native.persist_commit(s)
+      :ok = NativeHelpers.persist_commit(s)
       Native.persist_close(s)
 
       target = new_table([{["keep"], :me}])
@@ -374,11 +373,11 @@ defmodule PropertyTable.PersistApiTest do
     test "a failed restore puts back a duplicate_bag's exact rows, duplicates included",
          %{tmp_dir: dir} do
       File.mkdir_p!(table_dir(dir))
-      {:ok, s} = PropertyTable.Persist.Native.persist_begin(table_dir(dir), 1, 2)
-      :ok = PropertyTable.Persist.Native.persist_append(s, :erlang.term_to_binary([{[1], 1}]), 1)
-      :ok = PropertyTable.Persist.Native.persist_append(s, :erlang.term_to_binary([:bad]), 1)
-      :ok = PropertyTable.Persist.Native.persist_commit(s)
-      PropertyTable.Persist.Native.persist_close(s)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 1, 2)
+      :ok = Native.persist_append(s, :erlang.term_to_binary([{[1], 1}]), 1)
+      :ok = Native.persist_append(s, :erlang.term_to_binary([:bad]), 1)
+      :ok = NativeHelpers.persist_commit(s)
+      Native.persist_close(s)
 
       target = :ets.new(:ptp_rollback_bag, [:duplicate_bag, :public])
       rows = for i <- 1..2500, copy <- [1, 2], do: {["k", rem(i, 7)], {i, copy}, :ts}
@@ -421,16 +420,15 @@ defmodule PropertyTable.PersistApiTest do
 
     test "a chunk that fails leaves the table as it was and the mailbox empty",
          %{tmp_dir: dir} do
-      alias PropertyTable.Persist.Native
       File.mkdir_p!(table_dir(dir))
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 3)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 3)
 
       for i <- 1..40 do
         chunk = if i == 23, do: [:bad], else: [{["a", i], i}, {["b", i], i}, {["c", i], i}]
         :ok = Native.persist_append(s, :erlang.term_to_binary(chunk), length(chunk))
       end
 
-      :ok = Native.persist_commit(s)
+      :ok = NativeHelpers.persist_commit(s)
       Native.persist_close(s)
 
       target = new_table(for i <- 1..5000, do: {["keep", i], i})
@@ -612,27 +610,26 @@ defmodule PropertyTable.PersistApiTest do
        %{tmp_dir: dir} do
     # One chunk is held by the session (written by the commit); more start a writer
     # thread. Either way, closing without a commit must leave the directory as it was.
-    alias PropertyTable.Persist.Native
     old = realistic_pairs(10, 1)
     :ok = Persist.persist_to_disk(new_table(old), opts(dir))
     before = tree(dir)
     chunk = :erlang.term_to_binary(realistic_pairs(5, 2))
 
     for chunks <- [0, 1, 3] do
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       for _ <- 1..chunks//1, do: :ok = Native.persist_append(s, chunk, 5)
       :ok = Native.persist_close(s)
       assert tree(dir) == before, "after #{chunks} chunks"
-      assert Native.persist_commit(s) == {:error, :closed, nil}
+      assert NativeHelpers.persist_commit(s) == {:error, %{reason: :closed, path: nil}}
     end
 
     assert {:ok, sort(old)} == restore_fresh(opts(dir))
 
     # Committed, one chunk or three (the same rows again) restore those rows.
     for chunks <- [1, 3] do
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
-      assert :ok = Native.persist_commit(s)
+      assert :ok = NativeHelpers.persist_commit(s)
       :ok = Native.persist_close(s)
       assert {:ok, sort(realistic_pairs(5, 2))} == restore_fresh(opts(dir))
     end
@@ -640,20 +637,20 @@ defmodule PropertyTable.PersistApiTest do
     # A releasing commit (persist_to_disk's) ends the session and frees the lock at once,
     # so closing it needs no dirty call; a plain one keeps both for a snapshot.
     for chunks <- [1, 3] do
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
       assert :ok = Native.persist_commit(s, false)
       assert Native.persist_close_nowait(s) == :busy
-      assert {:error, :busy, _} = Native.persist_begin(table_dir(dir), 6, 5)
+      assert {:error, %{reason: :busy}} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       :ok = Native.persist_close(s)
 
-      {:ok, s} = Native.persist_begin(table_dir(dir), 6, 5)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       for _ <- 1..chunks, do: :ok = Native.persist_append(s, chunk, 5)
       assert :ok = Native.persist_commit(s, true)
       assert Native.persist_close_nowait(s) == :ok
-      {:ok, other} = Native.persist_begin(table_dir(dir), 6, 5)
+      {:ok, other} = NativeHelpers.persist_begin(table_dir(dir), 6, 5)
       :ok = Native.persist_close(other)
-      assert Native.persist_commit(s) == {:error, :closed, nil}
+      assert NativeHelpers.persist_commit(s) == {:error, %{reason: :closed, path: nil}}
       assert {:ok, sort(realistic_pairs(5, 2))} == restore_fresh(opts(dir))
     end
   end
@@ -664,7 +661,7 @@ defmodule PropertyTable.PersistApiTest do
     # traversal blocks is hard to make, so hold the lock with a raw NIF session instead.
     File.mkdir_p!(table_dir(dir))
 
-    {:ok, session} = PropertyTable.Persist.Native.persist_begin(table_dir(dir), 6, 1000)
+    {:ok, session} = NativeHelpers.persist_begin(table_dir(dir), 6, 1000)
 
     table = new_table([{["a"], 1}])
 
@@ -685,7 +682,7 @@ defmodule PropertyTable.PersistApiTest do
 
     Process.sleep(100)
     assert Task.yield(waiter, 0) == nil
-    PropertyTable.Persist.Native.persist_close(session)
+    Native.persist_close(session)
     assert Task.await(waiter) == :ok
     assert {:ok, [{["a"], 1}]} == restore_fresh(opts(dir))
   end
@@ -736,18 +733,18 @@ defmodule PropertyTable.PersistApiTest do
       # chunk... impossible without rewriting checksums, so use the NIF writer directly.
       name = unused_atom_name()
       File.mkdir_p!(table_dir(dir))
-      {:ok, s} = PropertyTable.Persist.Native.persist_begin(table_dir(dir), 0, 2)
+      {:ok, s} = NativeHelpers.persist_begin(table_dir(dir), 0, 2)
 
       :ok =
-        PropertyTable.Persist.Native.persist_append(
+        Native.persist_append(
           s,
           :erlang.term_to_binary([{["a"], 1}, {["b"], 2}]),
           2
         )
 
-      :ok = PropertyTable.Persist.Native.persist_append(s, etf_with_atom(name), 1)
-      :ok = PropertyTable.Persist.Native.persist_commit(s)
-      PropertyTable.Persist.Native.persist_close(s)
+      :ok = Native.persist_append(s, etf_with_atom(name), 1)
+      :ok = NativeHelpers.persist_commit(s)
+      Native.persist_close(s)
 
       target = new_table([{["keep"], :me}])
       before = :ets.tab2list(target)

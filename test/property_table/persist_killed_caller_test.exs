@@ -13,7 +13,7 @@ defmodule PropertyTable.PersistKilledCallerTest do
   import PropertyTable.Persist.TestHelpers
 
   alias PropertyTable.Persist
-  alias PropertyTable.Persist.Native
+  alias PropertyTable.Persist.{Native, NativeHelpers}
 
   @moduletag :tmp_dir
 
@@ -305,13 +305,13 @@ defmodule PropertyTable.PersistKilledCallerTest do
   # order).
   defp write_chunks(dir, chunks) do
     File.mkdir_p!(table_dir(dir))
-    {:ok, session} = Native.persist_begin(table_dir(dir), 1, @chunk_size)
+    {:ok, session} = NativeHelpers.persist_begin(table_dir(dir), 1, @chunk_size)
 
     for chunk <- chunks do
       :ok = Native.persist_append(session, :erlang.term_to_binary(chunk), length(chunk))
     end
 
-    :ok = Native.persist_commit(session)
+    :ok = NativeHelpers.persist_commit(session)
     Native.persist_close(session)
   end
 

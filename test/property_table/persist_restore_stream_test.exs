@@ -9,17 +9,20 @@ defmodule PropertyTable.PersistRestoreStreamTest do
   import PropertyTable.Persist.TestHelpers
 
   alias PropertyTable.Persist
-  alias PropertyTable.Persist.Native
+  alias PropertyTable.Persist.{Native, NativeHelpers}
+  alias PropertyTable.Persist.Native.{RestoreOpen, Source}
 
   @moduletag :tmp_dir
 
   defp opts(dir, extra), do: [data_directory: dir, table_name: "t"] ++ extra
+  defp open(dir), do: NativeHelpers.restore_open(table_dir(dir))
 
   test "the reader thread sends at most two chunks beyond those acknowledged",
        %{tmp_dir: dir} do
     pairs = for i <- 1..50, do: {["k", i], i}
     :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, chunk_size: 10))
-    {:ok, reader, :stable, _path, [], [], 5} = Native.restore_open(table_dir(dir), 5)
+    %RestoreOpen{file: {:ok, source}, skipped: [], quarantined: []} = open(dir)
+    %Source{reader: reader, kind: :stable, chunks: 5} = source
     tag = make_ref()
     :ok = Native.restore_stream(reader, tag, 7, false)
 
@@ -45,14 +48,15 @@ defmodule PropertyTable.PersistRestoreStreamTest do
        %{tmp_dir: dir} do
     pairs = for i <- 1..5, do: {["k", i], i}
     :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, []))
-    {:ok, reader, :stable, path, [], [], 1} = Native.restore_open(table_dir(dir), 5)
+    %RestoreOpen{file: {:ok, source}, skipped: [], quarantined: []} = open(dir)
+    %Source{reader: reader, kind: :stable, path: path, chunks: 1} = source
     # A reader with an open file is closed on a dirty scheduler.
     assert Native.restore_close_nowait(reader) == :busy
     assert {:last, rows} = Native.restore_rows(reader, 3, false)
     assert sort(for {p, v, 3} <- rows, do: {p, v}) == sort(pairs)
     assert Native.restore_rows(reader, 3, false) == :done
     assert Native.restore_close_nowait(reader) == :ok
-    assert Native.restore_rows(reader, 3, false) == {:error, :closed, nil}
+    assert Native.restore_rows(reader, 3, false) == {:error, %{reason: :closed, path: nil}}
 
     # The whole-content digest (header bytes 60..75) changed and the header's CRC
     # recomputed: every CRC still matches, but the file does not verify, so no reader is
@@ -60,8 +64,10 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     {"wrong content digest", forged} = hd(forgeries(File.read!(path)))
     File.write!(path, forged)
 
-    assert {:error, :bad_checksum, ^path, [{:bad_checksum, ^path}], [quarantined]} =
-             Native.restore_open(table_dir(dir), 5)
+    failure = %{reason: :bad_checksum, path: path}
+
+    assert %RestoreOpen{file: {:error, ^failure}, skipped: [^failure], quarantined: [quarantined]} =
+             open(dir)
 
     assert File.read!(quarantined) == forged
     File.write!(path, forged)
@@ -79,7 +85,7 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     pairs = for i <- 1..50, do: {["k", i], i}
     :ok = Persist.persist_to_disk(new_table(pairs), opts(dir, chunk_size: 10))
 
-    {:ok, reader, _, _, _, _, 5} = Native.restore_open(table_dir(dir), 5)
+    %RestoreOpen{file: {:ok, %Source{reader: reader, chunks: 5}}} = open(dir)
     tag = make_ref()
     :ok = Native.restore_stream(reader, tag, 0, false)
     assert [{:ok, _}, {:ok, _}] = stream_messages(tag, 2)
@@ -87,7 +93,7 @@ defmodule PropertyTable.PersistRestoreStreamTest do
     assert :ok = Native.restore_close(reader)
     assert Native.restore_ack(reader) == :ok
     assert [] = stream_messages(tag, 0, 50)
-    assert Native.restore_rows(reader, 0, false) == {:error, :closed, nil}
+    assert Native.restore_rows(reader, 0, false) == {:error, %{reason: :closed, path: nil}}
 
     # A process that dies mid-restore leaves no thread behind. (No other test runs now:
     # every reader thread of the VM is this one.)
@@ -95,7 +101,7 @@ defmodule PropertyTable.PersistRestoreStreamTest do
 
     {pid, monitor} =
       spawn_monitor(fn ->
-        {:ok, reader, _, _, _, _, _} = Native.restore_open(table_dir(dir), 5)
+        %RestoreOpen{file: {:ok, %Source{reader: reader}}} = open(dir)
         :ok = Native.restore_stream(reader, make_ref(), 0, false)
         send(test_process, :streaming)
         Process.sleep(:infinity)

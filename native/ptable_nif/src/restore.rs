@@ -1,14 +1,15 @@
 //! Restore NIFs: open the newest valid file, then hand its chunks to the caller as lists of
-//! `{property, value, timestamp}` rows, ready for `:ets.insert/2`: sent as messages by the
-//! core's reader thread (`ptable_core::pipeline::restore`) for a file of several chunks, or
-//! returned by `restore_rows` for a file of one (starting a thread would be a measurable part
-//! of a small table's restore, with nothing to overlap).
+//! `{property, value, timestamp}` rows for `:ets.insert/2`, sent by the core's reader thread
+//! for a file of several chunks, or returned by `restore_rows` for a file of one (a thread
+//! would cost a small table's restore time, with nothing to overlap).
 
-use crate::{atom_term, atoms, count_limit, error_term, path_from, path_term, reason_atom};
+use crate::count_limit;
+use crate::terms::{answer, Answer, Failure, Name, RawPath, Status};
 use ptable_core::etf::uncompressed_term;
-use ptable_core::{open_newest_valid, Error, RestorePipeline, StdFs, Step, TableDir};
-use rustler::{Atom, Binary, Encoder, Env, OwnedEnv, Resource, ResourceArc, Term};
-use std::path::PathBuf;
+use ptable_core::{open_newest_valid, RestorePipeline, StdFs, Step, TableDir};
+use rustler::{Encoder, Env, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term};
+
+const BAD_FILE: Name = Name("bad_file");
 
 /// A verified file being restored.
 struct ReaderResource(RestorePipeline);
@@ -17,65 +18,85 @@ type Reader = ResourceArc<ReaderResource>;
 #[rustler::resource_impl]
 impl Resource for ReaderResource {}
 
+/// What `restore_open` found: the file to read (or why there is none), the files it skipped
+/// on the way and where corrupt ones were moved.
+#[derive(NifStruct)]
+#[module = "PropertyTable.Persist.Native.RestoreOpen"]
+#[rustler(encode)]
+struct RestoreOpen {
+    file: Answer<Source>,
+    skipped: Vec<Failure>,
+    quarantined: Vec<RawPath>,
+}
+
+/// The newest file that verified, open and rewound: every chunk is left.
+#[derive(NifStruct)]
+#[module = "PropertyTable.Persist.Native.Source"]
+#[rustler(encode)]
+struct Source {
+    reader: Reader,
+    kind: Name,
+    path: RawPath,
+    chunks: u64,
+}
+
+/// One answer of the reader: `{:ok, rows}` (more chunks follow), `{:last, rows}` (the last
+/// chunk, and the whole file checked), `:done` (no chunk left) or `{:error, failure}`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+enum Rows<'a> {
+    Ok(Term<'a>),
+    Last(Term<'a>),
+    Done,
+    Error(Failure),
+}
+
 /// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
-/// files aside (keeping `max_quarantined`).
-/// `{:ok, reader, kind, path, failures, quarantined, chunk_count}` or
-/// `{:error, reason, path, failures, quarantined}`.
+/// files aside (keeping `max_quarantined`). Encodes its answer itself, as `persist_begin`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_open<'a>(env: Env<'a>, dir: Binary, max_quarantined: u64) -> Term<'a> {
-    let dir = TableDir::new(path_from(&dir));
-    match open_newest_valid(&StdFs, &dir, Some(count_limit(max_quarantined))) {
-        Ok(source) => {
-            let kind = atom_term(env, source.kind.as_str(), atoms::nil());
-            let path = path_term(env, Some(source.file.path()));
-            // The file is verified and rewound: every chunk is left.
-            let chunks = source.file.chunks_left();
-            let (skipped, moved) = skipped_and_moved(env, &source.failures, &source.quarantined);
-            let reader = ResourceArc::new(ReaderResource(RestorePipeline::new(source.file)));
-            (atoms::ok(), reader, kind, path, skipped, moved, chunks).encode(env)
-        }
-        Err(failure) => {
-            let reason = reason_atom(env, &failure.error);
-            let path = path_term(env, failure.error.path.as_deref());
-            let (skipped, moved) = skipped_and_moved(env, &failure.failures, &failure.quarantined);
-            (atoms::error(), reason, path, skipped, moved).encode(env)
-        }
-    }
+fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
+    let max = Some(count_limit(max_quarantined));
+    let (found, skipped, quarantined) = match open_newest_valid(&StdFs, &TableDir::new(dir.0), max)
+    {
+        Ok(found) => (
+            Ok((found.file, found.kind)),
+            found.failures,
+            found.quarantined,
+        ),
+        Err(none) => (Err(none.error), none.failures, none.quarantined),
+    };
+    let file = answer(found).map(|(file, kind)| Source {
+        kind: Name(kind.as_str()),
+        path: RawPath(file.path().to_path_buf()),
+        chunks: file.chunks_left(),
+        reader: ResourceArc::new(ReaderResource(RestorePipeline::new(file))),
+    });
+    let skipped = skipped.into_iter().map(Failure::from).collect();
+    let quarantined = quarantined.into_iter().map(RawPath).collect();
+    (RestoreOpen {
+        file,
+        skipped,
+        quarantined,
+    })
+    .encode(env)
 }
 
-/// The files a restore skipped, as `{reason, path}`, and where corrupt ones were moved.
-fn skipped_and_moved<'a>(
-    env: Env<'a>,
-    failures: &[Error],
-    moved: &[PathBuf],
-) -> (Term<'a>, Term<'a>) {
-    let failure = |e: &Error| (reason_atom(env, e), path_term(env, e.path.as_deref()));
-    let skipped: Vec<_> = failures.iter().map(failure).collect();
-    let moved: Vec<_> = moved.iter().map(|p| path_term(env, Some(p))).collect();
-    (skipped.encode(env), moved.encode(env))
-}
-
-/// The next chunk's rows, each with `timestamp`: `{:ok, rows}` (more chunks follow),
-/// `{:last, rows}` (the last chunk, and the whole file checked), `:done` (a file of no
-/// chunks, or every chunk handed out), or an error. With `safe`, terms are decoded like
-/// `:erlang.binary_to_term(bin, [:safe])`.
+/// The next chunk's rows, each with `timestamp` (see `Rows`). With `safe`, terms are
+/// decoded like `:erlang.binary_to_term(bin, [:safe])`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_rows<'a>(env: Env<'a>, reader: Reader, timestamp: i64, safe: bool) -> Term<'a> {
-    let mut answer = atoms::done().encode(env);
+fn restore_rows<'a>(env: Env<'a>, reader: Reader, timestamp: i64, safe: bool) -> Rows<'a> {
+    let mut answer = Rows::Done;
     reader.0.pull(&mut |step: Step<'_>| {
         let more;
-        (answer, more) = step_answer(env, step, timestamp, safe);
+        (answer, more) = step_rows(env, step, timestamp, safe);
         more
     });
     answer
 }
 
-/// Starts the reader thread, which sends the rows of every chunk to the calling process as
-/// `{tag, {:ok, rows}}` messages and the last chunk's as `{tag, {:last, rows}}` (see
-/// `restore_rows`), or stops at the first `{tag, {:error, reason, path}}`. The rows are
-/// built in the message's own environment, so the caller receives them without a copy.
-/// It sends at most `STREAMED_CHUNKS` chunks beyond those acknowledged with `restore_ack`.
-/// Returns `:ok` or an error.
+/// Starts the reader thread, which sends each answer `restore_rows` would give to the
+/// calling process as `{tag, rows}`, built in the message's own environment (received
+/// without a copy), and at most `STREAMED_CHUNKS` beyond those acknowledged (`restore_ack`).
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_stream<'a>(
     env: Env<'a>,
@@ -83,7 +104,7 @@ fn restore_stream<'a>(
     tag: Term<'a>,
     timestamp: i64,
     safe: bool,
-) -> Term<'a> {
+) -> Status {
     let (caller, tag_env, mut msg_env) = (env.pid(), OwnedEnv::new(), OwnedEnv::new());
     let tag = tag_env.save(tag);
     let send = move |step: Step<'_>| {
@@ -95,59 +116,57 @@ fn restore_stream<'a>(
         let mut more = false;
         let sent = msg_env.send_and_clear(&caller, |env| {
             let answer;
-            (answer, more) = step_answer(env, step, timestamp, safe);
-            (tag_env.run(|tag_env| tag.load(tag_env).in_env(env)), answer)
+            (answer, more) = step_rows(env, step, timestamp, safe);
+            let tag = tag_env.run(|tag_env| tag.load(tag_env).in_env(env));
+            (tag, answer).encode(env)
         });
         sent.is_ok() && more
     };
-    crate::ok_or_error(env, reader.0.stream(send))
+    reader.0.stream(send).into()
 }
 
 /// Gives the reader thread one more credit: the caller has inserted a chunk.
 #[rustler::nif]
-fn restore_ack(reader: Reader) -> Atom {
+fn restore_ack(reader: Reader) -> Status {
     reader.0.ack();
-    atoms::ok()
+    Status::Ok
 }
 
-/// Closes a reader that holds neither a file nor a thread (every chunk was handed out, or
-/// it is closed already) without leaving the normal scheduler: `:ok`, or `:busy` when
-/// `restore_close_wait` must do it.
+/// `:ok` for a reader that holds neither a file nor a thread (every chunk was handed out,
+/// or it is closed already), else `:busy`: `restore_close_wait` must close it.
 #[rustler::nif]
-fn restore_close_nowait(reader: Reader) -> Atom {
+fn restore_close_nowait(reader: Reader) -> Status {
     // Never waits for the lock: a dirty call may hold it while it decodes a chunk.
-    crate::ok_or_busy(reader.0.close_now())
+    Status::ok_or(reader.0.close_now(), Status::Busy)
 }
 
 /// Closes the file early (it is also closed when the reader is collected). A reader thread
 /// is stopped and waited for: it sends nothing after this returns.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_close_wait(reader: Reader) -> Atom {
+fn restore_close_wait(reader: Reader) -> Status {
     reader.0.close();
-    atoms::ok()
+    Status::Ok
 }
 
-/// The answer for `step` in `env` (`{:ok, rows}`, `{:last, rows}`, `:done` or an error),
-/// and whether the stream may go on after it (`false` for an error).
-fn step_answer<'a>(env: Env<'a>, step: Step<'_>, timestamp: i64, safe: bool) -> (Term<'a>, bool) {
-    let Step::Chunk {
-        data,
-        rows,
-        last,
-        path,
-    } = step
-    else {
-        return match step {
-            Step::Failed(e) => (error_term(env, &e), false),
-            _ => (atoms::done().encode(env), true),
-        };
+/// The answer for `step` in `env`, and whether the stream may go on after it (`false` for
+/// an error).
+fn step_rows<'a>(env: Env<'a>, step: Step<'_>, timestamp: i64, safe: bool) -> (Rows<'a>, bool) {
+    let (data, rows, last, path) = match step {
+        Step::Chunk {
+            data,
+            rows,
+            last,
+            path,
+        } => (data, rows, last, path),
+        Step::Done => return (Rows::Done, true),
+        Step::Failed(e) => return (Rows::Error(e.into()), false),
     };
-    let tag = if last { atoms::last() } else { atoms::ok() };
     match chunk_rows(env, data, timestamp, safe, rows) {
-        Ok(rows) => ((tag, rows).encode(env), true),
+        Ok(rows) if last => (Rows::Last(rows), true),
+        Ok(rows) => (Rows::Ok(rows), true),
         Err(reason) => {
-            let path = path_term(env, Some(path));
-            ((atoms::error(), reason, path).encode(env), false)
+            let path = Some(RawPath(path.to_path_buf()));
+            (Rows::Error(Failure { reason, path }), false)
         }
     }
 }
@@ -164,11 +183,11 @@ fn chunk_rows<'a>(
     timestamp: i64,
     safe: bool,
     expected_rows: Option<u64>,
-) -> Result<Term<'a>, Atom> {
+) -> Result<Term<'a>, Name> {
     // This library writes chunks uncompressed by term_to_binary; property_table's legacy
     // payloads are compressed, and enif_binary_to_term does not inflate them.
     let Some(bytes) = uncompressed_term(bytes) else {
-        return Err(atoms::bad_file());
+        return Err(BAD_FILE);
     };
     let decoded = if safe {
         env.binary_to_term(&bytes)
@@ -180,18 +199,17 @@ fn chunk_rows<'a>(
     let pairs = match decoded {
         // Like `:erlang.binary_to_term/2`, bytes after the term are ignored.
         Some((term, _used)) => term,
-        None if safe => return Err(atoms::unsafe_term()),
-        None => return Err(atoms::bad_file()),
+        None if safe => return Err(Name("unsafe_term")),
+        None => return Err(BAD_FILE),
     };
-    let count = pairs.list_length().map_err(|_| atoms::bad_file())?;
+    let count = pairs.list_length().map_err(|_| BAD_FILE)?;
     if expected_rows.is_some_and(|expected| expected != count as u64) {
-        return Err(atoms::bad_file());
+        return Err(BAD_FILE);
     }
     let timestamp = timestamp.encode(env);
     let mut rows = Term::list_new_empty(env);
-    for pair in pairs.into_list_iterator().map_err(|_| atoms::bad_file())? {
-        let (property, value): (Term<'a>, Term<'a>) =
-            pair.decode().map_err(|_| atoms::bad_file())?;
+    for pair in pairs.into_list_iterator().map_err(|_| BAD_FILE)? {
+        let (property, value): (Term<'a>, Term<'a>) = pair.decode().map_err(|_| BAD_FILE)?;
         rows = rows.list_prepend((property, value, timestamp));
     }
     Ok(rows)

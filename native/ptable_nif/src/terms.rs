@@ -1,0 +1,160 @@
+//! The terms the NIFs exchange with `PropertyTable.Persist.Native`, which defines the
+//! matching structs and types: derived maps, structs and tagged tuples, never positional
+//! tuples, so that a field added or removed on one side cannot shift the others.
+
+use ptable_core::{Error, FileReport, FileStatus, SnapshotEntry};
+use rustler::types::atom;
+use rustler::{Atom, Binary, Decoder, Encoder, Env, NewBinary, NifMap, NifResult, NifStruct};
+use rustler::{NifTaggedEnum, Term};
+#[cfg(unix)]
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// A path as a binary of its bytes, both ways: a path need not be UTF-8, which rustler's
+/// own `Path` encoding requires.
+pub struct RawPath(pub PathBuf);
+
+impl Encoder for RawPath {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let bytes = self.0.as_os_str().as_encoded_bytes();
+        let mut out = NewBinary::new(env, bytes.len());
+        out.as_mut_slice().copy_from_slice(bytes);
+        Binary::from(out).to_term(env)
+    }
+}
+
+impl<'a> Decoder<'a> for RawPath {
+    fn decode(term: Term<'a>) -> NifResult<Self> {
+        let bytes = term.decode_as_binary()?.as_slice();
+        #[cfg(unix)]
+        let path = std::ffi::OsStr::from_bytes(bytes);
+        #[cfg(not(unix))]
+        let path = String::from_utf8_lossy(bytes).into_owned();
+        Ok(RawPath(PathBuf::from(path)))
+    }
+}
+
+/// An atom named by one of the core's fixed sets of static names (reasons, roles, kinds).
+#[derive(Clone, Copy)]
+pub struct Name(pub &'static str);
+
+impl Encoder for Name {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        // Only a name longer than an atom can be fails, and no static name is.
+        let atom = Atom::from_str(env, self.0).unwrap_or_else(|_| atom::error());
+        atom.encode(env)
+    }
+}
+
+/// `%{reason: atom, path: binary | nil}`: why a call failed, and the file concerned.
+#[derive(NifMap)]
+#[rustler(encode)]
+pub struct Failure {
+    pub reason: Name,
+    pub path: Option<RawPath>,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let path = e.path.map(RawPath);
+        Failure {
+            reason: Name(e.reason.as_str()),
+            path,
+        }
+    }
+}
+
+/// `{:ok, value}` or `{:error, failure}`.
+pub type Answer<T> = Result<T, Failure>;
+
+pub fn answer<T>(result: ptable_core::Result<T>) -> Answer<T> {
+    result.map_err(Failure::from)
+}
+
+/// `:ok`, `:full` (no room in the writer thread's queue right now), `:busy` (a close that
+/// needs its dirty counterpart) or `{:error, failure}`.
+#[derive(NifTaggedEnum)]
+#[rustler(encode)]
+pub enum Status {
+    Ok,
+    Full,
+    Busy,
+    Error(Failure),
+}
+
+impl Status {
+    /// `:ok` when `done`, else `otherwise`.
+    pub fn ok_or(done: bool, otherwise: Status) -> Status {
+        if done {
+            Status::Ok
+        } else {
+            otherwise
+        }
+    }
+}
+
+impl From<ptable_core::Result<()>> for Status {
+    fn from(result: ptable_core::Result<()>) -> Self {
+        result.map_or_else(|e| Status::Error(e.into()), |()| Status::Ok)
+    }
+}
+
+/// `%{id: string, sequence: integer | nil, created_us: integer}`
+#[derive(NifMap)]
+#[rustler(encode)]
+pub struct Snapshot {
+    id: String,
+    sequence: Option<u64>,
+    created_us: i64,
+}
+
+impl From<&SnapshotEntry> for Snapshot {
+    fn from(e: &SnapshotEntry) -> Self {
+        let (id, sequence, created_us) = (e.id.as_str().into(), e.sequence, e.created_unix_us);
+        Snapshot {
+            id,
+            sequence,
+            created_us,
+        }
+    }
+}
+
+/// One file of a table directory, as `inspect` sees it (`nil` for what its header does not
+/// tell); `status` is `:ok` or the reason it fails.
+#[derive(NifStruct)]
+#[module = "PropertyTable.Persist.Native.FileInfo"]
+#[rustler(encode)]
+pub struct FileInfo {
+    path: RawPath,
+    kind: Name,
+    size: u64,
+    modified_us: i64,
+    format_version: Option<u8>,
+    created_us: Option<i64>,
+    sequence: Option<u64>,
+    rows: Option<u64>,
+    compression: Option<u8>,
+    status: Name,
+}
+
+impl From<&FileReport> for FileInfo {
+    fn from(r: &FileReport) -> Self {
+        let h = r.header.as_ref().and_then(|h| h.current());
+        FileInfo {
+            path: RawPath(r.path.clone()),
+            kind: Name(r.role.as_str()),
+            size: r.size,
+            modified_us: r.modified_unix_us,
+            format_version: r.header.map(|h| h.version()),
+            created_us: h.map(|h| h.created_unix_us),
+            sequence: h.map(|h| h.sequence),
+            rows: h.map(|h| h.row_count),
+            compression: h.map(|h| h.level),
+            status: Name(match r.status {
+                FileStatus::Valid => "ok",
+                FileStatus::Unverified => "unverified",
+                FileStatus::Invalid(reason) => reason.as_str(),
+            }),
+        }
+    }
+}
