@@ -60,8 +60,8 @@ defmodule PropertyTable.Persist do
     * `:safe` - decode restored terms with `:erlang.binary_to_term(bin, [:safe])`, refusing
       files that would create atoms (`{:error, :unsafe_term}`). Default `false`.
     * `:max_quarantined` - corrupt files kept aside as `<name>.corrupt-<UTC time>` when a
-      restore (or a persist) finds that the stable or backup file does not verify; the
-      oldest beyond this number are deleted. A positive integer (any size; beyond 2^64 - 1
+      restore, a persist or a snapshot restore finds that the stable or backup file does
+      not verify; the oldest beyond this number are deleted. A positive integer (any size; beyond 2^64 - 1
       it means no limit). Default `5`.
 
   Unknown keys are ignored. A known key with a bad value (of the wrong type or out of its
@@ -443,7 +443,7 @@ defmodule PropertyTable.Persist do
   ## Snapshots
 
   defp install_snapshot(opts, id) when is_binary(id) do
-    locked(opts, :restore_snapshot, &Native.snapshot_restore(&1, id))
+    locked(opts, :restore_snapshot, &Native.snapshot_restore(&1, id, opts.max_quarantined))
   end
 
   defp install_snapshot(_opts, _id),

@@ -116,6 +116,29 @@ defmodule PropertyTable.OperatorToolsTest do
     end
   end
 
+  test "a snapshot restore that meets a corrupt stable file keeps max_quarantined of them",
+       %{tmp_dir: dir} do
+    table = table_with([{["a"], 1}])
+
+    for {name, extra, kept} <- [{"seven", [max_quarantined: 7], 7}, {"default", [], 5}] do
+      opts = [data_directory: dir, table_name: name] ++ extra
+      stable = Path.join([dir, name, "data.ptable"])
+      {:ok, id} = Persist.save_snapshot(table, opts)
+
+      for i <- 1..7 do
+        File.write!(stable, "garbage #{i}")
+        :ok = Persist.restore_snapshot(opts, id)
+      end
+
+      contents =
+        Path.join([dir, name, "data.ptable.corrupt-*"])
+        |> Path.wildcard()
+        |> Enum.map(&File.read!/1)
+
+      assert Enum.sort(contents) == for(i <- (8 - kept)..7, do: "garbage #{i}"), name
+    end
+  end
+
   test "safe: true refuses files that need unknown atoms and leaves the table untouched", %{
     tmp_dir: dir
   } do

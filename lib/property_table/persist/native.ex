@@ -146,8 +146,9 @@ defmodule PropertyTable.Persist.Native do
   @spec snapshot_list(binary()) :: answer([snapshot()])
   def snapshot_list(_dir), do: :erlang.nif_error(:nif_not_loaded)
 
-  @spec snapshot_restore(binary(), binary()) :: status()
-  def snapshot_restore(_dir, _id), do: :erlang.nif_error(:nif_not_loaded)
+  @doc "Installs snapshot `id` as the stable file, quarantining a corrupt one."
+  @spec snapshot_restore(binary(), binary(), pos_integer()) :: status()
+  def snapshot_restore(_dir, _id, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
 
   @spec inspect(binary(), boolean()) :: answer([FileInfo.t()])
   def inspect(_dir, _verify), do: :erlang.nif_error(:nif_not_loaded)

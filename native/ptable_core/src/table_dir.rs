@@ -877,6 +877,17 @@ fn copy_file(fs: &dyn Fs, src: &Path, dst: &Path, stamp: Stamp) -> Result<()> {
 /// Refuses a malformed id before touching the filesystem; a snapshot that does not verify
 /// leaves everything as it was.
 pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
+    restore_snapshot_keeping(fs, dir, id, DEFAULT_MAX_QUARANTINED)
+}
+
+/// [`restore_snapshot`], keeping at most `max_quarantined` quarantined files when it moves
+/// a corrupt stable file aside.
+pub fn restore_snapshot_keeping(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    id: &str,
+    max_quarantined: usize,
+) -> Result<()> {
     let id = SnapshotId::parse(id)?;
     let snapshot = dir.snapshot(&id);
     match fs.metadata(&snapshot) {
@@ -891,7 +902,7 @@ pub fn restore_snapshot(fs: &dyn Fs, dir: &TableDir, id: &str) -> Result<()> {
     drop(stable);
     let tmp = dir.tmp();
     let result = copy_file(fs, &snapshot, &tmp, stamp)
-        .and_then(|()| install_tmp_as_stable(fs, dir, DEFAULT_MAX_QUARANTINED));
+        .and_then(|()| install_tmp_as_stable(fs, dir, max_quarantined));
     if result.is_err() {
         remove_if_present(fs, &tmp);
     }

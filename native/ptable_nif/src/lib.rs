@@ -2,8 +2,8 @@
 //! every call that touches files on a dirty I/O scheduler. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    inspect_dir, list_snapshots, restore_snapshot, PersistPipeline, PersistSession, SnapshotId,
-    StdFs, TableDir, WriteOptions,
+    inspect_dir, list_snapshots, restore_snapshot_keeping, PersistPipeline, PersistSession,
+    SnapshotId, StdFs, TableDir, WriteOptions,
 };
 use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
 use std::sync::Arc;
@@ -127,9 +127,10 @@ fn snapshot_list(dir: RawPath) -> Answer<Vec<Snapshot>> {
 
 /// Installs snapshot `id` as the stable file.
 #[rustler::nif(schedule = "DirtyIo")]
-fn snapshot_restore(dir: RawPath, id: Binary) -> Status {
+fn snapshot_restore(dir: RawPath, id: Binary, max_quarantined: u64) -> Status {
     let id = std::str::from_utf8(id.as_slice()).unwrap_or("");
-    restore_snapshot(&StdFs, &TableDir::new(dir.0), id).into()
+    let keep = count_limit(max_quarantined);
+    restore_snapshot_keeping(&StdFs, &TableDir::new(dir.0), id, keep).into()
 }
 
 /// Every file of the table directory, as `%FileInfo{}`s.
