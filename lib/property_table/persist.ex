@@ -4,7 +4,7 @@ defmodule PropertyTable.Persist do
   `{property, value, timestamp}` rows.
 
   The API mirrors `PropertyTable.Persist` of property_table 0.2.3. All file work is done in
-  Rust (a NIF running on dirty schedulers); this module extracts rows from ETS in chunks,
+  Rust (a NIF running on dirty schedulers); the Elixir side extracts rows from ETS in chunks,
   validates options, and inserts restored rows.
 
   ## Files
@@ -84,7 +84,7 @@ defmodule PropertyTable.Persist do
 
   require Logger
 
-  alias PropertyTable.Persist.{Error, Native, Options, Restore, Rollback}
+  alias PropertyTable.Persist.{Error, Native, Options, Restore, Write}
   alias PropertyTable.Persist.Native.FileInfo
 
   @typedoc "An ETS table: its name or its reference."
@@ -92,11 +92,6 @@ defmodule PropertyTable.Persist do
 
   @typedoc "A snapshot's creation time in UTC, as `File.stat/1` reports times."
   @type datetime :: {{pos_integer(), 1..12, 1..31}, {0..23, 0..59, 0..59}}
-
-  # Rows that are not {property, value, timestamp} select to this atom, which no
-  # {property, value} pair can equal.
-  @bad_row :__property_table_persist_bad_row__
-  @row_spec [{{:"$1", :"$2", :_}, [], [{{:"$1", :"$2"}}]}, {:_, [], [@bad_row]}]
 
   @doc """
   Writes the whole table to disk.
@@ -120,7 +115,7 @@ defmodule PropertyTable.Persist do
   def persist_to_disk(table, options \\ []) do
     opts = Options.validate!(table, options)
 
-    case write_table(table, opts, :persist_to_disk, nil) do
+    case Write.persist(table, opts) do
       :ok -> :ok
       {:error, error} -> log_and_return(error, :error)
     end
@@ -139,7 +134,7 @@ defmodule PropertyTable.Persist do
   @spec persist_to_disk!(table(), keyword()) :: :ok
   def persist_to_disk!(table, options \\ []) do
     opts = Options.validate!(table, options)
-    table |> write_table(opts, :persist_to_disk, nil) |> unwrap!()
+    table |> Write.persist(opts) |> unwrap!()
   end
 
   @doc """
@@ -215,7 +210,7 @@ defmodule PropertyTable.Persist do
   def save_snapshot(table, options \\ []) do
     opts = Options.validate!(table, options)
 
-    case write_table(table, opts, :save_snapshot, &take_snapshot(&1, opts)) do
+    case Write.snapshot(table, opts) do
       {:ok, id} -> {:ok, id}
       {:error, error} -> log_and_return(error, :error)
     end
@@ -236,7 +231,7 @@ defmodule PropertyTable.Persist do
   @spec save_snapshot!(table(), keyword()) :: String.t()
   def save_snapshot!(table, options \\ []) do
     opts = Options.validate!(table, options)
-    table |> write_table(opts, :save_snapshot, &take_snapshot(&1, opts)) |> unwrap!()
+    table |> Write.snapshot(opts) |> unwrap!()
   end
 
   @doc """
@@ -288,7 +283,7 @@ defmodule PropertyTable.Persist do
   def restore_snapshot(options, id) do
     opts = Options.validate!(nil, options)
 
-    case install_snapshot(opts, id) do
+    case Write.install_snapshot(opts, id) do
       :ok -> :ok
       {:error, error} -> log_and_return(error, {:error, error.reason})
     end
@@ -308,7 +303,7 @@ defmodule PropertyTable.Persist do
   @spec restore_snapshot!(keyword(), String.t()) :: :ok
   def restore_snapshot!(options, id) do
     opts = Options.validate!(nil, options)
-    opts |> install_snapshot(id) |> unwrap!()
+    opts |> Write.install_snapshot(id) |> unwrap!()
   end
 
   @doc """
@@ -371,116 +366,11 @@ defmodule PropertyTable.Persist do
     }
   end
 
-  ## Persist
-
-  # Streams the table into a new file under the directory lock, commits it, then runs
-  # `after_commit` (a snapshot) while still holding the lock. Without `after_commit`, the
-  # commit itself ends the session (releasing the lock), so closing it takes no dirty call.
-  defp write_table(table, opts, operation, after_commit) do
-    with {:ok, rows} <- table_size(table, operation),
-         {:ok, session} <-
-           locked(opts, operation, &begin_persist(&1, opts, rows)) do
-      try do
-        with :ok <- stream_table(table, session, opts, operation),
-             :ok <- Native.check(Native.persist_commit(session, after_commit == nil), operation) do
-          if after_commit, do: after_commit.(session), else: :ok
-        end
-      after
-        Native.persist_close(session)
-      end
-    end
-  end
-
-  defp begin_persist(dir, opts, rows) do
-    Native.persist_begin(dir, opts.compression, opts.chunk_size, rows, opts.max_quarantined)
-  end
-
-  defp take_snapshot(session, opts) do
-    Native.check(Native.persist_snapshot(session, opts.max_snapshots), :save_snapshot)
-  end
-
-  # The row count (a hint for the compressor), or `:no_table`.
-  defp table_size(table, operation) do
-    case :ets.info(table, :size) do
-      size when is_integer(size) -> {:ok, size}
-      :undefined -> {:error, %Error{reason: :no_table, operation: operation}}
-    end
-  rescue
-    ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
-  end
-
-  # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
-  # other processes write), encodes each chunk and hands it to the writer.
-  defp stream_table(table, session, opts, operation) do
-    fixed = Rollback.fix_table(table, true)
-
-    try do
-      table
-      |> :ets.select(@row_spec, opts.chunk_size)
-      |> stream_chunks(session, operation)
-    rescue
-      ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
-    after
-      if fixed, do: Rollback.fix_table(table, false)
-    end
-  end
-
-  defp stream_chunks(:"$end_of_table", _session, _operation), do: :ok
-
-  defp stream_chunks({pairs, continuation}, session, operation) do
-    if :lists.member(@bad_row, pairs) do
-      {:error, %Error{reason: :bad_row, operation: operation}}
-    else
-      chunk = :erlang.term_to_binary(pairs)
-
-      case Native.check(Native.persist_append(session, chunk, length(pairs)), operation) do
-        :ok -> continuation |> :ets.select() |> stream_chunks(session, operation)
-        error -> error
-      end
-    end
-  end
-
-  ## Snapshots
-
-  defp install_snapshot(opts, id) when is_binary(id) do
-    locked(opts, :restore_snapshot, &Native.snapshot_restore(&1, id, opts.max_quarantined))
-  end
-
-  defp install_snapshot(_opts, _id),
-    do: {:error, %Error{reason: :invalid_snapshot_id, operation: :restore_snapshot}}
-
   defp utc_datetime(unix_us) do
     :calendar.system_time_to_universal_time(max(unix_us, 0), :microsecond)
   end
 
   ## Shared
-
-  # Runs a NIF call that takes the directory lock, retrying with jittered backoff while
-  # another writer (process or OS process) holds it.
-  defp locked(opts, operation, call) do
-    deadline =
-      case opts.lock_timeout do
-        :infinity -> :infinity
-        ms -> System.monotonic_time(:millisecond) + ms
-      end
-
-    retry_locked(opts.table_dir, operation, call, deadline, 1)
-  end
-
-  defp retry_locked(dir, operation, call, deadline, backoff) do
-    case call.(dir) do
-      {:error, %{reason: :busy} = failure} ->
-        if deadline != :infinity and System.monotonic_time(:millisecond) >= deadline do
-          {:error, Native.error(failure, operation)}
-        else
-          Process.sleep(backoff + :rand.uniform(backoff))
-          retry_locked(dir, operation, call, deadline, min(backoff * 2, 32))
-        end
-
-      other ->
-        Native.check(other, operation)
-    end
-  end
 
   defp unwrap!(:ok), do: :ok
   defp unwrap!({:ok, value}), do: value

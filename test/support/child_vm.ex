@@ -213,6 +213,8 @@ defmodule PropertyTable.Persist.TestSupport.Child do
           Persist,
           PropertyTable.Persist.Native,
           PropertyTable.Persist.Options,
+          PropertyTable.Persist.Restore,
+          PropertyTable.Persist.Write,
           Path,
           Stream,
           Enum,

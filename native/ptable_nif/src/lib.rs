@@ -22,15 +22,14 @@ const INLINE_APPEND_MAX: usize = 1 << 20;
 #[rustler::resource_impl]
 impl Resource for SessionResource {}
 
-/// A number of files to keep, decoded as a u64 on every target: more than `usize` can count
-/// keeps them all, as the largest `usize` does.
+/// A number of files to keep, a u64 on every target: beyond `usize`, it keeps them all.
 fn count_limit(count: u64) -> usize {
     usize::try_from(count).unwrap_or(usize::MAX)
 }
 
 /// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
-/// another writer has it) and opens the tmp file. Encodes its answer itself: a resource is
-/// not unwind-safe, so a NIF cannot return one inside a value.
+/// another writer has it). Encodes its answer itself: a resource is not unwind-safe, so a
+/// NIF cannot return one inside a value.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_begin<'a>(
     env: Env<'a>,
@@ -50,18 +49,9 @@ fn persist_begin<'a>(
     .encode(env)
 }
 
-/// Runs `f` on the session once the writer thread has written every chunk.
-fn with_session<T>(
-    session: &SessionResource,
-    f: impl FnOnce(&mut PersistSession) -> ptable_core::Result<T>,
-) -> ptable_core::Result<T> {
-    session.0.with_consumer(f).and_then(|result| result)
-}
-
-/// Queues one chunk (the external term format of `rows` rows) for the writer thread if there
-/// is room right away, else answers `:full` (also for a chunk too large to copy quickly).
-/// Runs on a normal scheduler: a dirty call per chunk would cost two thread switches, and
-/// on a small machine a third runnable thread beside the caller and the writer.
+/// Queues one chunk for the writer thread if there is room right away, else `:full` (also
+/// for a chunk too large to copy quickly). On a normal scheduler: a dirty call per chunk
+/// would cost two thread switches, and a small machine a third runnable thread.
 #[rustler::nif]
 fn persist_append_nowait(session: Session, chunk: Binary, rows: u64) -> Status {
     if chunk.len() > INLINE_APPEND_MAX {
@@ -80,27 +70,27 @@ fn persist_append_wait(session: Session, chunk: Binary, rows: u64) -> Status {
     session.0.append(chunk.as_slice(), rows).into()
 }
 
-/// Finishes the file and installs it as the stable file (or finds the table unchanged).
-/// With `release`, then ends the session whatever the outcome, as `persist_close` would:
-/// a persist without a snapshot needs no further dirty call.
+/// Finishes and installs the file (or finds the table unchanged). With `release`, then ends
+/// the session whatever the outcome: a persist without a snapshot needs no other dirty call.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_commit(session: Session, release: bool) -> Status {
-    // An unchanged table (nothing written) is as much a success as a new file.
-    let result = with_session(&session, |s| s.commit().map(|_| ()));
+    // Once the writer thread has written every chunk. An unchanged table (nothing
+    // written) is as much a success as a new file.
+    let result = session.0.with_consumer(|s| s.commit().map(|_| ()));
     if release {
         session.0.close();
     }
-    result.into()
+    result.and_then(|committed| committed).into()
 }
 
 /// After a commit: copies the stable file to a new snapshot, applies retention.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_snapshot(session: Session, max_snapshots: u64) -> Answer<String> {
     let max = count_limit(max_snapshots);
-    let id = answer(with_session(&session, |s| {
-        s.snapshot(max, &mut SnapshotId::random)
-    }))?;
-    Ok(id.as_str().to_owned())
+    let id = session
+        .0
+        .with_consumer(|s| s.snapshot(max, &mut SnapshotId::random));
+    answer(id.and_then(|id| id)).map(|id| id.as_str().to_owned())
 }
 
 /// `:ok` for a session over already (closed, or released by its commit), else `:busy`.
@@ -110,8 +100,7 @@ fn persist_close_nowait(session: Session) -> Status {
     Status::ok_or(session.0.is_closed_now(), Status::Busy)
 }
 
-/// Ends the session: waits for the writer thread, removes an uncommitted tmp file and
-/// releases the lock.
+/// Ends the session: waits for the writer thread, removes an uncommitted tmp file, unlocks.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_close_wait(session: Session) -> Status {
     session.0.close();

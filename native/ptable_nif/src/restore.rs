@@ -18,8 +18,8 @@ type Reader = ResourceArc<ReaderResource>;
 #[rustler::resource_impl]
 impl Resource for ReaderResource {}
 
-/// What `restore_open` found: the file to read (or why there is none), the files it skipped
-/// on the way and where corrupt ones were moved.
+/// What `restore_open` found: the file to read (or why none), the files it skipped on the
+/// way and where corrupt ones were moved.
 #[derive(NifStruct)]
 #[module = "PropertyTable.Persist.Native.RestoreOpen"]
 #[rustler(encode)]
@@ -40,8 +40,8 @@ struct Source {
     chunks: u64,
 }
 
-/// One answer of the reader: `{:ok, rows}` (more chunks follow), `{:last, rows}` (the last
-/// chunk, and the whole file checked), `:done` (no chunk left) or `{:error, failure}`.
+/// `{:ok, rows}` (more chunks follow), `{:last, rows}` (the last chunk, and the whole file
+/// checked), `:done` (no chunk left) or `{:error, failure}`.
 #[derive(NifTaggedEnum)]
 #[rustler(encode)]
 enum Rows<'a> {
@@ -81,8 +81,8 @@ fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
     .encode(env)
 }
 
-/// The next chunk's rows, each with `timestamp` (see `Rows`). With `safe`, terms are
-/// decoded like `:erlang.binary_to_term(bin, [:safe])`.
+/// The next chunk's rows, each with `timestamp`; with `safe`, decoded like
+/// `:erlang.binary_to_term(bin, [:safe])`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_rows<'a>(env: Env<'a>, reader: Reader, timestamp: i64, safe: bool) -> Rows<'a> {
     let mut answer = Rows::Done;
@@ -140,16 +140,14 @@ fn restore_close_nowait(reader: Reader) -> Status {
     Status::ok_or(reader.0.close_now(), Status::Busy)
 }
 
-/// Closes the file early (it is also closed when the reader is collected). A reader thread
-/// is stopped and waited for: it sends nothing after this returns.
+/// Closes the file, stopping and waiting for a reader thread: it sends nothing afterwards.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_close_wait(reader: Reader) -> Status {
     reader.0.close();
     Status::Ok
 }
 
-/// The answer for `step` in `env`, and whether the stream may go on after it (`false` for
-/// an error).
+/// The answer for `step` in `env`, and whether the stream may go on after it.
 fn step_rows<'a>(env: Env<'a>, step: Step<'_>, timestamp: i64, safe: bool) -> (Rows<'a>, bool) {
     let (data, rows, last, path) = match step {
         Step::Chunk {

@@ -1,6 +1,5 @@
-//! The terms the NIFs exchange with `PropertyTable.Persist.Native`, which defines the
-//! matching structs and types: derived maps, structs and tagged tuples, never positional
-//! tuples, so that a field added or removed on one side cannot shift the others.
+//! The terms the NIFs exchange with `PropertyTable.Persist.Native` (which defines the same
+//! structs and types): derived maps, structs and tagged tuples, never positional tuples.
 
 use ptable_core::{Error, FileReport, FileStatus, SnapshotEntry};
 use rustler::types::atom;
@@ -10,8 +9,7 @@ use rustler::{NifTaggedEnum, Term};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-/// A path as a binary of its bytes, both ways: a path need not be UTF-8, which rustler's
-/// own `Path` encoding requires.
+/// A path as a binary of its bytes, both ways (rustler's `Path` encoding requires UTF-8).
 pub struct RawPath(pub PathBuf);
 
 impl Encoder for RawPath {
@@ -56,10 +54,9 @@ pub struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        let path = e.path.map(RawPath);
         Failure {
             reason: Name(e.reason.as_str()),
-            path,
+            path: e.path.map(RawPath),
         }
     }
 }
@@ -71,8 +68,8 @@ pub fn answer<T>(result: ptable_core::Result<T>) -> Answer<T> {
     result.map_err(Failure::from)
 }
 
-/// `:ok`, `:full` (no room in the writer thread's queue right now), `:busy` (a close that
-/// needs its dirty counterpart) or `{:error, failure}`.
+/// `:ok`, `:full` (no room in the writer's queue now), `:busy` (a close that needs its dirty
+/// counterpart) or `{:error, failure}`.
 #[derive(NifTaggedEnum)]
 #[rustler(encode)]
 pub enum Status {
@@ -110,17 +107,15 @@ pub struct Snapshot {
 
 impl From<&SnapshotEntry> for Snapshot {
     fn from(e: &SnapshotEntry) -> Self {
-        let (id, sequence, created_us) = (e.id.as_str().into(), e.sequence, e.created_unix_us);
         Snapshot {
-            id,
-            sequence,
-            created_us,
+            id: e.id.as_str().into(),
+            sequence: e.sequence,
+            created_us: e.created_unix_us,
         }
     }
 }
 
-/// One file of a table directory, as `inspect` sees it (`nil` for what its header does not
-/// tell); `status` is `:ok` or the reason it fails.
+/// One file of a table directory as `inspect` sees it.
 #[derive(NifStruct)]
 #[module = "PropertyTable.Persist.Native.FileInfo"]
 #[rustler(encode)]
