@@ -80,9 +80,11 @@ defmodule PropertyTable.Persist.Native do
     |> or_dirty(:full, fn -> persist_append_wait(session, chunk, rows) end)
   end
 
+  @doc "Queues a chunk if there is room right away (normal scheduler), else `:full`."
   @spec persist_append_nowait(session(), binary(), non_neg_integer()) :: status() | :full
   def persist_append_nowait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Queues a chunk, waiting while the queue is full (dirty scheduler)."
   @spec persist_append_wait(session(), binary(), non_neg_integer()) :: status()
   def persist_append_wait(_session, _chunk, _rows), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -90,6 +92,7 @@ defmodule PropertyTable.Persist.Native do
   @spec persist_commit(session(), boolean()) :: status()
   def persist_commit(_session, _release), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "After a commit: copies the stable file to a new snapshot, applies retention."
   @spec persist_snapshot(session(), pos_integer()) :: answer(String.t())
   def persist_snapshot(_session, _max_snapshots), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -102,9 +105,11 @@ defmodule PropertyTable.Persist.Native do
     session |> persist_close_nowait() |> or_dirty(:busy, fn -> persist_close_wait(session) end)
   end
 
+  @doc "`:ok` for a session over already, else `:busy`: `persist_close_wait/1` must end it."
   @spec persist_close_nowait(session()) :: :ok | :busy
   def persist_close_nowait(_session), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Ends a session: waits for the writer thread, removes an uncommitted tmp file."
   @spec persist_close_wait(session()) :: :ok
   def persist_close_wait(_session), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -123,6 +128,7 @@ defmodule PropertyTable.Persist.Native do
   @spec restore_stream(reader(), term(), integer(), boolean()) :: status()
   def restore_stream(_reader, _tag, _timestamp, _safe), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Gives the reader thread a credit for one more chunk."
   @spec restore_ack(reader()) :: :ok
   def restore_ack(_reader), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -136,9 +142,11 @@ defmodule PropertyTable.Persist.Native do
     reader |> restore_close_nowait() |> or_dirty(:busy, fn -> restore_close_wait(reader) end)
   end
 
+  @doc "`:ok` for a reader that holds nothing any more, else `:busy`."
   @spec restore_close_nowait(reader()) :: :ok | :busy
   def restore_close_nowait(_reader), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Closes a reader's file and stops its thread (dirty scheduler)."
   @spec restore_close_wait(reader()) :: :ok
   def restore_close_wait(_reader), do: :erlang.nif_error(:nif_not_loaded)
 
@@ -150,6 +158,7 @@ defmodule PropertyTable.Persist.Native do
   @spec snapshot_restore(binary(), binary(), pos_integer()) :: status()
   def snapshot_restore(_dir, _id, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc "Describes every file of the table directory."
   @spec inspect(binary(), boolean()) :: answer([FileInfo.t()])
   def inspect(_dir, _verify), do: :erlang.nif_error(:nif_not_loaded)
 
