@@ -15,6 +15,9 @@ defmodule PropertyTable.PersistCorruptionTest do
   alias PropertyTable.Persist
 
   @moduletag :tmp_dir
+  # Each sweep restores and persists a thousand or more files: well under a minute alone,
+  # but more on a loaded 2-core machine, where the default 60 s timeout was hit.
+  @moduletag timeout: 300_000
 
   @corrupt_reasons [:bad_checksum, :bad_file]
 
