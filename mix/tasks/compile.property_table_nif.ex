@@ -55,7 +55,17 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
   @profiles %{"release" => :release, "debug" => :debug, "dev" => :debug}
 
   @impl Mix.Task.Compiler
-  def run(_args) do
+  def run(args) do
+    # Precompiled NIFs (PropertyTable.Persist.Precompiled): a verified download or cached
+    # artifact for the target replaces the cargo build, unless a source build is asked for
+    # or no artifact is listed.
+    case PropertyTable.Persist.Precompiled.library(target_triple(), project_root()) do
+      {:ok, library} -> install(library)
+      :build -> build_from_source(args)
+    end
+  end
+
+  defp build_from_source(_args) do
     root = project_root()
     cargo = find_cargo!()
     profile = profile!()
