@@ -82,7 +82,7 @@ defmodule Mix.Tasks.PropertyTable.Nif.Package do
   # exit status, so the library's presence is what tells.
   defp build(root, triple, cross?) do
     build_path = Path.join([Mix.Project.build_path(), "nif_package", triple])
-    File.rm_rf!(build_path)
+    _ = File.rm_rf!(build_path)
     mix = System.find_executable("mix") || Mix.raise("mix is not on the PATH")
 
     env = [

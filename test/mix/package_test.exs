@@ -122,4 +122,42 @@ defmodule PropertyTable.Persist.PackageTest do
 
     assert File.read!(installed) == File.read!(installed_library())
   end
+
+  @tag :package
+  test "a Nerves build installs the artifact of the triple derived from its target",
+       %{tmp_dir: dir} do
+    triple = "aarch64-unknown-linux-gnu"
+    name = Precompiled.artifact_name("0.1.0", Precompiled.nif_version(Package.root()), triple)
+    package = Package.copy(Path.join(dir, "package"))
+    docs = Path.join(dir, "docs")
+    # Whatever the artifact holds is installed as it is: the host's library under the
+    # aarch64 name shows which artifact the build asks for, without an ARM toolchain.
+    checksum = Precompiled.pack(installed_library(), docs, name)
+    Precompiled.write_checksums(package, %{name => checksum})
+    {server, url} = HttpServer.serve(docs)
+    on_exit(fn -> HttpServer.stop(server) end)
+
+    config = "config :property_table_persist, nif_base_url: #{inspect(url)}\n"
+    app = Package.consumer(Path.join(dir, "app"), package, config, "")
+
+    {output, status} =
+      Package.mix(app, ["compile"], [
+        {"PROPERTY_TABLE_NIF_CACHE_DIR", Path.join(dir, "cache")},
+        {"CARGO", Path.join(dir, "no-cargo")},
+        {"MIX_TARGET", "rpi4"},
+        {"TARGET_ARCH", "aarch64"},
+        {"TARGET_OS", "linux"},
+        {"TARGET_ABI", "gnu"},
+        {"TARGET_CPU", "cortex_a72"},
+        {"CC", "aarch64-linux-gnu-gcc"}
+      ])
+
+    assert status == 0, output
+    assert output =~ "Downloading the precompiled NIF #{url}/#{name}"
+
+    installed =
+      Path.join(app, "_build/rpi4_dev/lib/property_table_persist/priv/native/libptable_nif.so")
+
+    assert File.read!(installed) == File.read!(installed_library())
+  end
 end
