@@ -59,7 +59,10 @@ defmodule Mix.Tasks.Compile.PropertyTableNif do
     # Precompiled NIFs (PropertyTable.Persist.Precompiled): a verified download or cached
     # artifact for the target replaces the cargo build, unless a source build is asked for
     # or no artifact is listed.
-    case PropertyTable.Persist.Precompiled.library(target_triple(System.get_env()), project_root()) do
+    case PropertyTable.Persist.Precompiled.library(
+           target_triple(System.get_env()),
+           project_root()
+         ) do
       {:ok, library} -> install(library)
       :build -> build_from_source(args)
     end
