@@ -69,10 +69,11 @@ defmodule PropertyTable.Persist.Precompiled do
   def library(triple, root, opts \\ []) do
     with false <- Keyword.get_lazy(opts, :force_build, &force_build?/0),
          triple when is_binary(triple) <- triple || host_triple(),
+         # Without a base URL nothing can be fetched: decided before any project file is read.
+         base_url when is_binary(base_url) <- Keyword.get_lazy(opts, :base_url, &base_url/0),
          name = artifact_name(opts[:version] || project_version(), nif_version(root), triple),
          checksums = Keyword.get_lazy(opts, :checksums, fn -> read_checksums(root) end),
-         {:ok, checksum} <- Map.fetch(checksums, name),
-         base_url when is_binary(base_url) <- Keyword.get_lazy(opts, :base_url, &base_url/0) do
+         {:ok, checksum} <- Map.fetch(checksums, name) do
       cache_dir = Keyword.get_lazy(opts, :cache_dir, &cache_dir/0)
       {:ok, cached(cache_dir, name, checksum) || download(base_url, cache_dir, name, checksum)}
     else
