@@ -97,37 +97,34 @@ defmodule PropertyTable.OperatorToolsTest do
        %{tmp_dir: dir} do
     table = table_with([{["a"], 1}])
 
-    for {name, extra, kept} <- [{"seven", [max_quarantined: 7], 7}, {"default", [], 5}] do
-      opts = [data_directory: dir, table_name: name] ++ extra
-      stable = Path.join([dir, name, "data.ptable"])
+    assert_quarantine_keeps(dir, fn opts ->
       :ok = Persist.persist_to_disk(table, opts)
-
-      for i <- 1..7 do
-        File.write!(stable, "garbage #{i}")
-        :ok = Persist.persist_to_disk(table, opts)
-      end
-
-      contents =
-        Path.join([dir, name, "data.ptable.corrupt-*"])
-        |> Path.wildcard()
-        |> Enum.map(&File.read!/1)
-
-      assert Enum.sort(contents) == for(i <- (8 - kept)..7, do: "garbage #{i}"), name
-    end
+      fn -> :ok = Persist.persist_to_disk(table, opts) end
+    end)
   end
 
   test "a snapshot restore that meets a corrupt stable file keeps max_quarantined of them",
        %{tmp_dir: dir} do
     table = table_with([{["a"], 1}])
 
+    assert_quarantine_keeps(dir, fn opts ->
+      {:ok, id} = Persist.save_snapshot(table, opts)
+      fn -> :ok = Persist.restore_snapshot(opts, id) end
+    end)
+  end
+
+  # `start.(opts)` prepares a table directory and returns the call that meets its corrupt
+  # stable file; after seven such calls, max_quarantined: 7 keeps all seven bad files and
+  # the default keeps the newest five.
+  defp assert_quarantine_keeps(dir, start) do
     for {name, extra, kept} <- [{"seven", [max_quarantined: 7], 7}, {"default", [], 5}] do
       opts = [data_directory: dir, table_name: name] ++ extra
       stable = Path.join([dir, name, "data.ptable"])
-      {:ok, id} = Persist.save_snapshot(table, opts)
+      meet_corrupt_stable = start.(opts)
 
       for i <- 1..7 do
         File.write!(stable, "garbage #{i}")
-        :ok = Persist.restore_snapshot(opts, id)
+        meet_corrupt_stable.()
       end
 
       contents =

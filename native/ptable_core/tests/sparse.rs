@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What any call on such a file may allocate, whatever it claims.
 const MEMORY_BOUND: u64 = 16 << 20;
@@ -318,27 +319,33 @@ fn persist_replaces_a_sparse_stable_file_and_keeps_the_good_backup() {
         let good_backup = std::fs::read(dir.backup()).unwrap();
         // The persist that finds the sparse file as its stable file (it is compared chunk
         // by chunk with it, then checked before rotation).
-        let (outcome, peak, largest) = tracked(|| {
-            let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(6))?;
-            session.allow_two_streams(false);
-            for c in &table {
-                session.append(c, 10)?;
-            }
-            session.commit()
-        });
-        assert_eq!(
-            outcome,
-            Ok(ptable_core::CommitOutcome::Written),
-            "{name}: persist"
-        );
-        assert_bounded(&name, peak, largest);
-        assert_eq!(
-            restore(fs.as_ref(), &dir),
-            Ok((table.clone(), SourceKind::Stable))
-        );
+        persist_in_bounded_memory(&fs, &dir, &table, &name);
         assert_eq!(std::fs::read(dir.backup()).unwrap(), good_backup, "{name}");
         assert_eq!(quarantined(&dir).len(), 1, "{name}");
     }
+}
+
+/// Persists `table` (a table other than the stable file's) in bounded memory and checks that
+/// it is what a restore now loads.
+fn persist_in_bounded_memory(fs: &Arc<dyn Fs>, dir: &TableDir, table: &[Vec<u8>], name: &str) {
+    let (outcome, peak, largest) = tracked(|| {
+        let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(6))?;
+        session.allow_two_streams(false);
+        for c in table {
+            session.append(c, 10)?;
+        }
+        session.commit()
+    });
+    assert_eq!(
+        outcome,
+        Ok(ptable_core::CommitOutcome::Written),
+        "{name}: persist"
+    );
+    assert_bounded(name, peak, largest);
+    assert_eq!(
+        restore(fs.as_ref(), dir),
+        Ok((table.to_vec(), SourceKind::Stable))
+    );
 }
 
 #[test]
@@ -354,24 +361,7 @@ fn persist_rotates_over_a_sparse_backup() {
         if !crafted.write(&dir.backup()) {
             continue;
         }
-        let (outcome, peak, largest) = tracked(|| {
-            let mut session = PersistSession::begin(fs.clone(), dir.clone(), options(6))?;
-            session.allow_two_streams(false);
-            for c in &table {
-                session.append(c, 10)?;
-            }
-            session.commit()
-        });
-        assert_eq!(
-            outcome,
-            Ok(ptable_core::CommitOutcome::Written),
-            "{name}: persist"
-        );
-        assert_bounded(&name, peak, largest);
-        assert_eq!(
-            restore(fs.as_ref(), &dir),
-            Ok((table.clone(), SourceKind::Stable))
-        );
+        persist_in_bounded_memory(&fs, &dir, &table, &name);
         assert_eq!(read_file(&dir.backup()), Ok(stable.clone()), "{name}");
     }
 }
