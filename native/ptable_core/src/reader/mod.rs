@@ -2,22 +2,22 @@
 //!
 //! Reading is bounded by what is really on disk, never by what a header claims. A length
 //! read from the file is checked against the header's totals, the file's length and the
-//! format's limits ([`MAX_STORED_LEN`], [`MAX_CHUNK_LEN`], [`MAX_LEGACY_PAYLOAD_LEN`]) before
-//! it is used. Even then it sizes no buffer on trust: a file's length may be a hole (a sparse
+//! format's limits ([`MAX_STORED_LEN`], [`MAX_CHUNK_LEN`],
+//! [`MAX_LEGACY_PAYLOAD_LEN`](crate::format::MAX_LEGACY_PAYLOAD_LEN)) before it is used. Even then it sizes no buffer on trust: a file's length may be a hole (a sparse
 //! file of a few KiB can claim terabytes), so checking reads the bytes through a fixed
 //! buffer, and a frame (or legacy payload) larger than [`DIRECT_READ_MAX`] is read into
 //! memory only once its checksum matched the bytes actually read. Chunks are returned one at
 //! a time.
 
+mod legacy;
+
 use crate::codec::Decompressor;
 use crate::error::{Error, Reason, Result};
 use crate::format::{
-    parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN,
-    LEGACY_HEADER_LEN, LEGACY_TRAILER_LEN, MAX_CHUNK_LEN, MAX_HEADER_BODY_LEN,
-    MAX_LEGACY_PAYLOAD_LEN, MAX_STORED_LEN, PREFIX_LEN, VERSION_CURRENT, VERSION_LEGACY,
+    parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN, MAX_CHUNK_LEN,
+    MAX_HEADER_BODY_LEN, MAX_STORED_LEN, PREFIX_LEN, VERSION_CURRENT, VERSION_LEGACY,
 };
 use crate::fs::{Fs, ReadFile, WriteFile};
-use md5::{Digest, Md5};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
@@ -112,22 +112,7 @@ impl TableFile {
         let mut prefix = [0u8; PREFIX_LEN];
         file.read_exact(&mut prefix).map_err(io_err)?;
         let (header, payload_start, expected_len) = match parse_prefix(&prefix, path)? {
-            Version::Legacy => {
-                let mut len = [0u8; 8];
-                file.read_exact(&mut len).map_err(io_err)?;
-                let payload_len = u64::from_be_bytes(len);
-                if payload_len > MAX_LEGACY_PAYLOAD_LEN {
-                    return Err(bad_file());
-                }
-                let expected = (LEGACY_HEADER_LEN as u64 + LEGACY_TRAILER_LEN as u64)
-                    .checked_add(payload_len)
-                    .ok_or_else(bad_file)?;
-                (
-                    FileHeader::Legacy { payload_len },
-                    LEGACY_HEADER_LEN as u64,
-                    expected,
-                )
-            }
+            Version::Legacy => legacy::read_header(&mut file, path)?,
             Version::Current => {
                 let mut len = [0u8; 4];
                 file.read_exact(&mut len).map_err(io_err)?;
@@ -246,16 +231,6 @@ impl TableFile {
         self.decompress_checked(fh, out)
     }
 
-    /// Checks the legacy payload's MD5 through the read buffer.
-    fn verify_legacy(&mut self, payload_len: u64) -> Result<()> {
-        let mut md5 = Md5::new();
-        self.stream(payload_len, |piece| {
-            md5.update(piece);
-            Ok(())
-        })?;
-        self.check_md5(md5).map(|_| ())
-    }
-
     /// Passes the next `len` bytes of the file to `sink`, piece by piece, straight from the
     /// read buffer: memory stays the buffer's whatever `len` says. `bad_file` when the file
     /// ends first.
@@ -300,19 +275,6 @@ impl TableFile {
     /// read buffer: they are too many to allocate on trust, and the file has not verified.
     fn check_before_reading(&self, len: u64) -> bool {
         len > DIRECT_READ_MAX && !self.verified
-    }
-
-    /// Reads the legacy MD5 trailer and checks it against `md5`; returns the trailer.
-    fn check_md5(&mut self, md5: Md5) -> Result<[u8; LEGACY_TRAILER_LEN]> {
-        let mut stored = [0u8; LEGACY_TRAILER_LEN];
-        self.file
-            .read_exact(&mut stored)
-            .map_err(|e| Error::io(&e, &self.path))?;
-        if md5.finalize().as_slice() == stored {
-            Ok(stored)
-        } else {
-            Err(Error::new(Reason::BadChecksum, &self.path))
-        }
     }
 
     /// Returns the next chunk, decompressed into a buffer from `alloc` (called with the
@@ -362,32 +324,6 @@ impl TableFile {
         self.decompressor
             .as_mut()
             .is_some_and(Decompressor::end_frame)
-    }
-
-    fn next_legacy_chunk<B, F>(&mut self, payload_len: u64, alloc: F) -> Result<Option<Chunk<B>>>
-    where
-        B: AsMut<[u8]>,
-        F: FnOnce(usize) -> Option<B>,
-    {
-        if self.cursor.done {
-            return Ok(None);
-        }
-        let len = usize::try_from(payload_len).map_err(|_| self.bad_file())?;
-        if self.check_before_reading(payload_len) {
-            self.verify_legacy(payload_len)?;
-            self.file
-                .seek(SeekFrom::Start(self.payload_start))
-                .map_err(|e| Error::io(&e, &self.path))?;
-        }
-        let mut data = alloc(len).ok_or_else(|| self.out_of_memory())?;
-        self.file
-            .read_exact(data.as_mut())
-            .map_err(|e| Error::io(&e, &self.path))?;
-        let mut md5 = Md5::new();
-        md5.update(data.as_mut());
-        self.check_md5(md5)?;
-        self.cursor.done = true;
-        Ok(Some(Chunk { data, rows: None }))
     }
 
     /// For a version 2 file: the next frame's header and stored bytes, CRC-checked but not
@@ -542,26 +478,7 @@ impl TableFile {
                 self.check_digest(&h)?;
             }
             FileHeader::Legacy { payload_len } => {
-                // A large payload is checked before any of it is written: a file that fails
-                // its MD5 (a hole that claims 256 MiB, say) costs no writes.
-                if self.check_before_reading(payload_len) {
-                    self.verify_legacy(payload_len)?;
-                }
-                let mut md5 = Md5::new();
-                self.file
-                    .seek(SeekFrom::Start(0))
-                    .map_err(|e| Error::io(&e, &self.path))?;
-                let mut head = [0u8; LEGACY_HEADER_LEN];
-                self.file
-                    .read_exact(&mut head)
-                    .map_err(|e| Error::io(&e, &self.path))?;
-                out.write_all(&head).map_err(out_err)?;
-                self.stream(payload_len, |piece| {
-                    md5.update(piece);
-                    out.write_all(piece).map_err(out_err)
-                })?;
-                let trailer = self.check_md5(md5)?;
-                out.write_all(&trailer).map_err(out_err)?;
+                self.copy_legacy_to(payload_len, out, out_path)?
             }
         }
         self.rewind()
