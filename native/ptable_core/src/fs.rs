@@ -5,8 +5,8 @@ use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 #[cfg(unix)]
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::{ffi::OsStrExt, fs::OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// A file opened for writing by [`Fs::create`].
@@ -34,6 +34,16 @@ pub struct EntryMeta {
     pub is_dir: bool,
     pub len: u64,
     pub modified: SystemTime,
+}
+
+/// The path whose bytes are `bytes` (the VM hands paths over as binaries, which need not be
+/// UTF-8). Elsewhere than on Unix, a path is text: invalid UTF-8 is replaced.
+pub fn path_from_bytes(bytes: &[u8]) -> PathBuf {
+    #[cfg(unix)]
+    let path = std::ffi::OsStr::from_bytes(bytes);
+    #[cfg(not(unix))]
+    let path = String::from_utf8_lossy(bytes).into_owned();
+    PathBuf::from(path)
 }
 
 /// Microseconds from the Unix epoch to `t`: negative before 1970, saturating at the ends

@@ -41,6 +41,17 @@ pub enum FileStatus {
     Invalid(Reason),
 }
 
+impl FileStatus {
+    /// `ok`, `unverified`, or the name of the reason the file is invalid.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FileStatus::Valid => "ok",
+            FileStatus::Unverified => "unverified",
+            FileStatus::Invalid(reason) => reason.as_str(),
+        }
+    }
+}
+
 /// What is known about one file.
 #[derive(Debug, Clone)]
 pub struct FileReport {

@@ -25,7 +25,8 @@ pub use pipeline::{ChunkConsumer, PersistPipeline, RestorePipeline, Step, StepSi
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
 pub use table_dir::{
-    list_snapshots, open_newest_valid, restore_snapshot, restore_snapshot_keeping, CommitOutcome,
-    PersistSession, RestoreFailure, RestoreSource, SnapshotEntry, SourceKind, TableDir,
+    count_limit, list_snapshots, open_newest_valid, restore_parts, restore_snapshot,
+    restore_snapshot_keeping, CommitOutcome, PersistSession, RestoreFailure, RestoreSource,
+    SnapshotEntry, SourceKind, TableDir,
 };
 pub use writer::{ChunkWriter, Stamp, WriteOptions};

@@ -2,7 +2,7 @@
 //! every call that touches files on a dirty I/O scheduler. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    inspect_dir, list_snapshots, restore_snapshot_keeping, PersistPipeline, PersistSession,
+    count_limit, inspect_dir, list_snapshots, restore_snapshot_keeping, PersistPipeline,
     SnapshotId, StdFs, TableDir, WriteOptions,
 };
 use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
@@ -22,11 +22,6 @@ const INLINE_APPEND_MAX: usize = 1 << 20;
 #[rustler::resource_impl]
 impl Resource for SessionResource {}
 
-/// A number of files to keep, a u64 on every target: beyond `usize`, it keeps them all.
-fn count_limit(count: u64) -> usize {
-    usize::try_from(count).unwrap_or(usize::MAX)
-}
-
 /// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
 /// another writer has it). Encodes its answer itself: a resource is not unwind-safe, so a
 /// NIF cannot return one inside a value.
@@ -39,14 +34,13 @@ fn persist_begin<'a>(
     expected_rows: u64,
     max_quarantined: u64,
 ) -> Term<'a> {
-    let options = WriteOptions { level, chunk_rows };
-    let session = PersistSession::begin(Arc::new(StdFs), TableDir::new(dir.0), options);
-    answer(session.map(|mut session| {
-        session.expect_rows(expected_rows);
-        session.set_max_quarantined(count_limit(max_quarantined));
-        ResourceArc::new(SessionResource(PersistPipeline::new(session)))
-    }))
-    .encode(env)
+    let (options, keep) = (
+        WriteOptions { level, chunk_rows },
+        count_limit(max_quarantined),
+    );
+    let dir = TableDir::new(dir.0);
+    let pipeline = PersistPipeline::begin(Arc::new(StdFs), dir, options, expected_rows, keep);
+    answer(pipeline.map(|p| ResourceArc::new(SessionResource(p)))).encode(env)
 }
 
 /// Queues one chunk for the writer thread if there is room right away, else `:full` (also
@@ -74,23 +68,20 @@ fn persist_append_wait(session: Session, chunk: Binary, rows: u64) -> Status {
 /// the session whatever the outcome: a persist without a snapshot needs no other dirty call.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_commit(session: Session, release: bool) -> Status {
-    // Once the writer thread has written every chunk. An unchanged table (nothing
-    // written) is as much a success as a new file.
-    let result = session.0.with_consumer(|s| s.commit().map(|_| ()));
+    // An unchanged table (nothing written) is as much a success as a new file.
+    let result = session.0.commit().map(|_| ());
     if release {
         session.0.close();
     }
-    result.and_then(|committed| committed).into()
+    result.into()
 }
 
 /// After a commit: copies the stable file to a new snapshot, applies retention.
 #[rustler::nif(schedule = "DirtyIo")]
 fn persist_snapshot(session: Session, max_snapshots: u64) -> Answer<String> {
     let max = count_limit(max_snapshots);
-    let id = session
-        .0
-        .with_consumer(|s| s.snapshot(max, &mut SnapshotId::random));
-    answer(id.and_then(|id| id)).map(|id| id.as_str().to_owned())
+    let id = session.0.snapshot(max, &mut SnapshotId::random);
+    answer(id).map(|id| id.as_str().to_owned())
 }
 
 /// `:ok` for a session over already (closed, or released by its commit), else `:busy`.

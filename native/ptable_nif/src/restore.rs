@@ -3,10 +3,10 @@
 //! for a file of several chunks, or returned by `restore_rows` for a file of one (a thread
 //! would cost a small table's restore time, with nothing to overlap).
 
-use crate::count_limit;
 use crate::terms::{answer, Answer, Failure, Name, RawPath, Status};
 use ptable_core::etf::uncompressed_term;
-use ptable_core::{open_newest_valid, RestorePipeline, StdFs, Step, TableDir};
+use ptable_core::{count_limit, open_newest_valid, restore_parts, RestorePipeline, StdFs};
+use ptable_core::{Step, TableDir};
 use rustler::{Encoder, Env, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term};
 
 const BAD_FILE: Name = Name("bad_file");
@@ -55,29 +55,19 @@ enum Rows<'a> {
 /// files aside (keeping `max_quarantined`). Encodes its answer itself, as `persist_begin`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
-    let max = Some(count_limit(max_quarantined));
-    let (found, skipped, quarantined) = match open_newest_valid(&StdFs, &TableDir::new(dir.0), max)
-    {
-        Ok(found) => (
-            Ok((found.file, found.kind)),
-            found.failures,
-            found.quarantined,
-        ),
-        Err(none) => (Err(none.error), none.failures, none.quarantined),
-    };
-    let file = answer(found).map(|(file, kind)| Source {
-        kind: Name(kind.as_str()),
-        path: RawPath(file.path().to_path_buf()),
-        chunks: file.chunks_left(),
-        reader: ResourceArc::new(ReaderResource(RestorePipeline::new(file))),
-    });
-    let skipped = skipped.into_iter().map(Failure::from).collect();
-    let quarantined = quarantined.into_iter().map(RawPath).collect();
-    (RestoreOpen {
-        file,
-        skipped,
-        quarantined,
-    })
+    let keep = Some(count_limit(max_quarantined));
+    let (found, skipped, quarantined) =
+        restore_parts(open_newest_valid(&StdFs, &TableDir::new(dir.0), keep));
+    RestoreOpen {
+        file: answer(found).map(|(file, kind)| Source {
+            kind: Name(kind.as_str()),
+            path: RawPath(file.path().to_path_buf()),
+            chunks: file.chunks_left(),
+            reader: ResourceArc::new(ReaderResource(RestorePipeline::new(file))),
+        }),
+        skipped: skipped.into_iter().map(Failure::from).collect(),
+        quarantined: quarantined.into_iter().map(RawPath).collect(),
+    }
     .encode(env)
 }
 

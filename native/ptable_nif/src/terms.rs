@@ -1,12 +1,11 @@
 //! The terms the NIFs exchange with `PropertyTable.Persist.Native` (which defines the same
 //! structs and types): derived maps, structs and tagged tuples, never positional tuples.
 
-use ptable_core::{Error, FileReport, FileStatus, SnapshotEntry};
+use ptable_core::fs::path_from_bytes;
+use ptable_core::{Error, FileReport, SnapshotEntry};
 use rustler::types::atom;
 use rustler::{Atom, Binary, Decoder, Encoder, Env, NewBinary, NifMap, NifResult, NifStruct};
 use rustler::{NifTaggedEnum, Term};
-#[cfg(unix)]
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// A path as a binary of its bytes, both ways (rustler's `Path` encoding requires UTF-8).
@@ -23,12 +22,9 @@ impl Encoder for RawPath {
 
 impl<'a> Decoder<'a> for RawPath {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        let bytes = term.decode_as_binary()?.as_slice();
-        #[cfg(unix)]
-        let path = std::ffi::OsStr::from_bytes(bytes);
-        #[cfg(not(unix))]
-        let path = String::from_utf8_lossy(bytes).into_owned();
-        Ok(RawPath(PathBuf::from(path)))
+        Ok(RawPath(path_from_bytes(
+            term.decode_as_binary()?.as_slice(),
+        )))
     }
 }
 
@@ -145,11 +141,7 @@ impl From<&FileReport> for FileInfo {
             sequence: h.map(|h| h.sequence),
             rows: h.map(|h| h.row_count),
             compression: h.map(|h| h.level),
-            status: Name(match r.status {
-                FileStatus::Valid => "ok",
-                FileStatus::Unverified => "unverified",
-                FileStatus::Invalid(reason) => reason.as_str(),
-            }),
+            status: Name(r.status.as_str()),
         }
     }
 }

@@ -11,10 +11,14 @@
 //! that.
 
 use crate::error::{Error, Reason, Result};
-use crate::table_dir::PersistSession;
+use crate::fs::Fs;
+use crate::snapshot_id::SnapshotId;
+use crate::table_dir::{CommitOutcome, PersistSession, TableDir};
+use crate::writer::WriteOptions;
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Chunks waiting for the writer thread, beyond the one it is working on: enough to keep
@@ -103,6 +107,37 @@ impl<C: ChunkConsumer> PersistPipeline<C> {
     /// call holds it (it may be writing).
     pub fn is_closed_now(&self) -> bool {
         matches!(self.state.try_lock().as_deref(), Some(State::Closed))
+    }
+}
+
+impl PersistPipeline<PersistSession> {
+    /// Begins a persist ([`PersistSession::begin`]) with its hints set: the table's row
+    /// count and how many quarantined files its commit keeps.
+    pub fn begin(
+        fs: Arc<dyn Fs>,
+        dir: TableDir,
+        options: WriteOptions,
+        expected_rows: u64,
+        max_quarantined: usize,
+    ) -> Result<Self> {
+        let mut session = PersistSession::begin(fs, dir, options)?;
+        session.expect_rows(expected_rows);
+        session.set_max_quarantined(max_quarantined);
+        Ok(PersistPipeline::new(session))
+    }
+
+    /// Once the writer thread has written every chunk: [`PersistSession::commit`].
+    pub fn commit(&self) -> Result<CommitOutcome> {
+        self.with_consumer(PersistSession::commit)?
+    }
+
+    /// After a commit: [`PersistSession::snapshot`].
+    pub fn snapshot(
+        &self,
+        max_snapshots: usize,
+        new_id: &mut dyn FnMut() -> Result<SnapshotId>,
+    ) -> Result<SnapshotId> {
+        self.with_consumer(|s| s.snapshot(max_snapshots, new_id))?
     }
 }
 

@@ -21,7 +21,7 @@ mod snapshots;
 
 pub use persist::{CommitOutcome, PersistSession};
 pub use quarantine::{quarantined_files, utc_compact, DEFAULT_MAX_QUARANTINED};
-pub use restore::{open_newest_valid, RestoreFailure, RestoreSource, SourceKind};
+pub use restore::{open_newest_valid, restore_parts, RestoreFailure, RestoreSource, SourceKind};
 pub use snapshots::{list_snapshots, restore_snapshot, restore_snapshot_keeping, SnapshotEntry};
 
 use crate::error::{Error, Reason, Result};
@@ -38,6 +38,12 @@ pub const TMP: &str = "data.ptable.tmp";
 pub const LOCK: &str = "data.ptable.lock";
 pub const SNAPSHOTS: &str = "snapshots";
 const SNAPSHOT_TMP_SUFFIX: &str = ".tmp";
+
+/// A number of files to keep (quarantined files, snapshots) as callers give it, a u64 on
+/// every target: beyond `usize`, it keeps them all.
+pub fn count_limit(count: u64) -> usize {
+    usize::try_from(count).unwrap_or(usize::MAX)
+}
 
 /// The paths of one table directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

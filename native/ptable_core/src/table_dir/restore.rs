@@ -2,7 +2,7 @@
 
 use super::quarantine::quarantine_file;
 use super::{lock_dir, open_verified, TableDir};
-use crate::error::{Error, Reason};
+use crate::error::{Error, Reason, Result};
 use crate::fs::Fs;
 use crate::reader::TableFile;
 use std::path::PathBuf;
@@ -43,6 +43,17 @@ pub struct RestoreFailure {
     pub error: Error,
     pub failures: Vec<Error>,
     pub quarantined: Vec<PathBuf>,
+}
+
+/// What [`open_newest_valid`] found, taken apart the same way whatever the outcome: the file
+/// and its kind (or why there is none), the files that failed, and where corrupt ones went.
+pub fn restore_parts(
+    found: std::result::Result<RestoreSource, RestoreFailure>,
+) -> (Result<(TableFile, SourceKind)>, Vec<Error>, Vec<PathBuf>) {
+    match found {
+        Ok(s) => (Ok((s.file, s.kind)), s.failures, s.quarantined),
+        Err(none) => (Err(none.error), none.failures, none.quarantined),
+    }
 }
 
 /// Finds the newest file that verifies completely: stable, then backup, then a complete tmp
