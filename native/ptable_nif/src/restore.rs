@@ -88,13 +88,7 @@ fn restore_rows<'a>(env: Env<'a>, reader: Reader, timestamp: i64, safe: bool) ->
 /// calling process as `{tag, rows}`, built in the message's own environment (received
 /// without a copy), and at most `STREAMED_CHUNKS` beyond those acknowledged (`restore_ack`).
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_stream<'a>(
-    env: Env<'a>,
-    reader: Reader,
-    tag: Term<'a>,
-    timestamp: i64,
-    safe: bool,
-) -> Status {
+fn restore_stream(env: Env, reader: Reader, tag: Term, timestamp: i64, safe: bool) -> Status {
     let (caller, tag_env, mut msg_env) = (env.pid(), OwnedEnv::new(), OwnedEnv::new());
     let tag = tag_env.save(tag);
     let send = move |step: Step<'_>| {
