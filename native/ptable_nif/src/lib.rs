@@ -34,11 +34,8 @@ fn persist_begin<'a>(
     expected_rows: u64,
     max_quarantined: u64,
 ) -> Term<'a> {
-    let (options, keep) = (
-        WriteOptions { level, chunk_rows },
-        count_limit(max_quarantined),
-    );
-    let dir = TableDir::new(dir.0);
+    let (dir, options) = (TableDir::new(dir.0), WriteOptions { level, chunk_rows });
+    let keep = count_limit(max_quarantined);
     let pipeline = PersistPipeline::begin(Arc::new(StdFs), dir, options, expected_rows, keep);
     answer(pipeline.map(|p| ResourceArc::new(SessionResource(p)))).encode(env)
 }

@@ -134,12 +134,7 @@ fn restore_close_wait(reader: Reader) -> Status {
 /// The answer for `step` in `env`, and whether the stream may go on after it.
 fn step_rows<'a>(env: Env<'a>, step: Step<'_>, timestamp: i64, safe: bool) -> (Rows<'a>, bool) {
     let (data, rows, last, path) = match step {
-        Step::Chunk {
-            data,
-            rows,
-            last,
-            path,
-        } => (data, rows, last, path),
+        Step::Chunk { data, rows, last, path } => (data, rows, last, path),
         Step::Done => return (Rows::Done, true),
         Step::Failed(e) => return (Rows::Error(e.into()), false),
     };

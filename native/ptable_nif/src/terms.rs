@@ -22,9 +22,7 @@ impl Encoder for RawPath {
 
 impl<'a> Decoder<'a> for RawPath {
     fn decode(term: Term<'a>) -> NifResult<Self> {
-        Ok(RawPath(path_from_bytes(
-            term.decode_as_binary()?.as_slice(),
-        )))
+        Ok(RawPath(path_from_bytes(term.decode_as_binary()?.as_slice())))
     }
 }
 
@@ -35,8 +33,7 @@ pub struct Name(pub &'static str);
 impl Encoder for Name {
     fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
         // Only a name longer than an atom can be fails, and no static name is.
-        let atom = Atom::from_str(env, self.0).unwrap_or_else(|_| atom::error());
-        atom.encode(env)
+        Atom::from_str(env, self.0).unwrap_or_else(|_| atom::error()).encode(env)
     }
 }
 
@@ -50,10 +47,7 @@ pub struct Failure {
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        Failure {
-            reason: Name(e.reason.as_str()),
-            path: e.path.map(RawPath),
-        }
+        Failure { reason: Name(e.reason.as_str()), path: e.path.map(RawPath) }
     }
 }
 
@@ -103,11 +97,7 @@ pub struct Snapshot {
 
 impl From<&SnapshotEntry> for Snapshot {
     fn from(e: &SnapshotEntry) -> Self {
-        Snapshot {
-            id: e.id.as_str().into(),
-            sequence: e.sequence,
-            created_us: e.created_unix_us,
-        }
+        Snapshot { id: e.id.as_str().into(), sequence: e.sequence, created_us: e.created_unix_us }
     }
 }
 
