@@ -56,10 +56,11 @@ pub const MAX_STORED_LEN: u64 = MAX_CHUNK_LEN + MAX_CHUNK_LEN / 64;
 /// Largest payload of a legacy file: restore decodes it as one chunk.
 pub const MAX_LEGACY_PAYLOAD_LEN: u64 = MAX_CHUNK_LEN;
 
-/// The headers are encoded with bincode's own `Encode`/`Decode` derives, not through serde:
-/// two fixed-width records in one fixed layout are all it encodes, so serde's data model
-/// would add a second derive and dependency without a second format or user to share it.
-fn config() -> Configuration<LittleEndian, Fixint> {
+/// The headers (these and the change log's) are encoded with bincode's own
+/// `Encode`/`Decode` derives, not through serde: fixed-width records in one fixed layout are
+/// all it encodes, so serde's data model would add a second derive and dependency without a
+/// second format to share it.
+pub(crate) fn config() -> Configuration<LittleEndian, Fixint> {
     bincode::config::standard()
         .with_little_endian()
         .with_fixed_int_encoding()

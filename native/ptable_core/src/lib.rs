@@ -5,13 +5,20 @@
 //! Rows are opaque here: each chunk is the Erlang external term format of a list of
 //! `{property, value}` pairs, encoded and decoded by the VM (`etf` only inflates the
 //! compressed terms of legacy files, which the VM's NIF interface does not decode).
+//! For incremental persistence, `etf_rows` finds each pair's bytes in a chunk without
+//! decoding it, `change_index` keeps hashes of the persisted pairs, `change_log` is the
+//! append-only log of changed pairs, and `log_apply` replays a log over its base.
 
+pub mod change_index;
+pub mod change_log;
 pub mod codec;
 pub mod error;
 pub mod etf;
+pub mod etf_rows;
 pub mod format;
 pub mod fs;
 pub mod inspect;
+pub mod log_apply;
 pub mod pipeline;
 pub mod reader;
 pub mod snapshot_id;
