@@ -40,6 +40,12 @@
 //!
 //! `PTABLE_FUZZ_ITERATIONS` (default 25,000), `PTABLE_FUZZ_SEED` (default: random, printed),
 //! `PTABLE_FUZZ_THREADS` (default: available parallelism), `PTABLE_FUZZ_ONLY` (one input).
+//!
+//! `change_log_fuzz` fuzzes the change log's decoders (the ETF pair walker and the log
+//! reader) the same way, as the tests `fuzz_etf_walker` and `fuzz_change_log`.
+
+mod change_log_fuzz;
+mod change_log_support;
 
 mod counting_alloc;
 

@@ -148,21 +148,26 @@ fn ref_terms(
     mut at: usize,
     n: u64,
     depth: usize,
-    tags: &mut BTreeSet<u8>,
+    visit: &mut dyn FnMut(usize, u8),
 ) -> Option<usize> {
     for _ in 0..n {
-        at = ref_term(b, at, depth + 1, tags)?;
+        at = ref_term(b, at, depth + 1, visit)?;
     }
     Some(at)
 }
 
-/// The end of the term starting at `at`, recording every tag met in `tags`.
-pub fn ref_term(b: &[u8], at: usize, depth: usize, tags: &mut BTreeSet<u8>) -> Option<usize> {
+/// The end of the term starting at `at`; `visit` is told where each term starts and its tag.
+pub fn ref_term(
+    b: &[u8],
+    at: usize,
+    depth: usize,
+    visit: &mut dyn FnMut(usize, u8),
+) -> Option<usize> {
     if depth > REF_MAX_DEPTH {
         return None;
     }
     let tag = *b.get(at)?;
-    tags.insert(tag);
+    visit(at, tag);
     match tag {
         97 => after(b, at, 2),
         98 => after(b, at, 5),
@@ -175,10 +180,10 @@ pub fn ref_term(b: &[u8], at: usize, depth: usize, tags: &mut BTreeSet<u8>) -> O
         110 => after(b, at + 3, be(b, at + 1, 1)?),
         111 => after(b, at + 6, be(b, at + 1, 4)?),
         106 => Some(at + 1),
-        104 => ref_terms(b, at + 2, be(b, at + 1, 1)?, depth, tags),
-        105 => ref_terms(b, at + 5, be(b, at + 1, 4)?, depth, tags),
-        116 => ref_terms(b, at + 5, 2 * be(b, at + 1, 4)?, depth, tags),
-        108 => ref_terms(b, at + 5, be(b, at + 1, 4)? + 1, depth, tags),
+        104 => ref_terms(b, at + 2, be(b, at + 1, 1)?, depth, visit),
+        105 => ref_terms(b, at + 5, be(b, at + 1, 4)?, depth, visit),
+        116 => ref_terms(b, at + 5, 2 * be(b, at + 1, 4)?, depth, visit),
+        108 => ref_terms(b, at + 5, be(b, at + 1, 4)? + 1, depth, visit),
         103 => after(b, ref_node(b, at + 1)?, 9),
         88 => after(b, ref_node(b, at + 1)?, 12),
         102 => after(b, ref_node(b, at + 1)?, 5),
@@ -187,7 +192,7 @@ pub fn ref_term(b: &[u8], at: usize, depth: usize, tags: &mut BTreeSet<u8>) -> O
         101 => after(b, ref_node(b, at + 1)?, 5),
         114 => after(b, ref_node(b, at + 3)?, 1 + 4 * be(b, at + 1, 2)?),
         90 => after(b, ref_node(b, at + 3)?, 4 + 4 * be(b, at + 1, 2)?),
-        113 => ref_terms(b, at + 1, 3, depth, tags),
+        113 => ref_terms(b, at + 1, 3, depth, visit),
         112 => {
             let size = be(b, at + 1, 4)?;
             let end = after(b, at + 1, size)?;
@@ -195,7 +200,7 @@ pub fn ref_term(b: &[u8], at: usize, depth: usize, tags: &mut BTreeSet<u8>) -> O
                 return None;
             }
             let free = be(b, at + 26, 4)?;
-            let got = ref_terms(b, at + 30, 4 + free, depth, tags)?;
+            let got = ref_terms(b, at + 30, 4 + free, depth, visit)?;
             (got == end).then_some(end)
         }
         _ => None,
@@ -208,6 +213,13 @@ pub type Spans = (Range<usize>, Range<usize>);
 /// The spans (pair, property) of a chunk's pairs, or `None` if it is not a well-formed
 /// list of pairs.
 pub fn ref_pairs(chunk: &[u8], tags: &mut BTreeSet<u8>) -> Option<Vec<Spans>> {
+    ref_pairs_visiting(chunk, &mut |_, tag| {
+        tags.insert(tag);
+    })
+}
+
+/// [`ref_pairs`], telling `visit` where each term starts and its tag.
+pub fn ref_pairs_visiting(chunk: &[u8], visit: &mut dyn FnMut(usize, u8)) -> Option<Vec<Spans>> {
     match chunk {
         [131, 106] => return Some(Vec::new()),
         [131, 108, ..] => {}
@@ -224,9 +236,9 @@ pub fn ref_pairs(chunk: &[u8], tags: &mut BTreeSet<u8>) -> Option<Vec<Spans>> {
             _ => return None,
         };
         let property = at;
-        at = ref_term(chunk, at, 1, tags)?;
+        at = ref_term(chunk, at, 1, visit)?;
         let property_end = at;
-        at = ref_term(chunk, at, 1, tags)?;
+        at = ref_term(chunk, at, 1, visit)?;
         out.push((start..at, property..property_end));
     }
     (chunk.get(at) == Some(&106) && at + 1 == chunk.len()).then_some(out)
