@@ -478,16 +478,20 @@ fn parse_payload(
     len: u64,
 ) -> std::result::Result<LogRecord, RecordFault> {
     let delete_count = head.delete_count as usize;
-    let Some(term) = raw.get(delete_count * 8..) else {
+    // Checked: 8 x a claimed count overflows a 32-bit usize.
+    let Some((deletes, term)) = delete_count
+        .checked_mul(8)
+        .and_then(|base| raw.split_at_checked(base))
+    else {
         return Err(RecordFault::BadPayload);
     };
     let mut names = HashSet::new();
-    for d in raw[..delete_count * 8].chunks_exact(8) {
+    for d in deletes.chunks_exact(8) {
         if !names.insert(u64::from_le_bytes(d.try_into().unwrap_or([0; 8]))) {
             return Err(RecordFault::DuplicateProperty);
         }
     }
-    let base = delete_count * 8;
+    let base = deletes.len();
     let walk = etf_rows::pairs(term).map_err(|_: EtfError| RecordFault::BadPayload)?;
     if walk.claimed_len() != u64::from(head.upsert_count) {
         return Err(RecordFault::BadPayload);
