@@ -4,8 +4,9 @@
 //! always gives one of those states (the base plus its first k records), never other rows.
 
 mod change_log_support;
+mod rng;
 
-use change_log_support::{pair_bytes, seed_from_env, sorted, Rng, Table};
+use change_log_support::{pair_bytes, sorted, Table};
 use ptable_core::change_index::{property_hash, ChangeIndex, Changes, IndexBuilder, IndexError};
 use ptable_core::change_log::{
     encode_record, scan_log, LogHeader, LogReader, LogRecord, LogStop, RecordFault, LOG_HEADER_LEN,
@@ -13,6 +14,7 @@ use ptable_core::change_log::{
 };
 use ptable_core::etf_rows;
 use ptable_core::log_apply::{apply, LogPlan};
+use rng::{seed_from_env, Rng};
 use std::path::Path;
 
 const SEED: u64 = 0x1234_5678_9ABC_DEF0;

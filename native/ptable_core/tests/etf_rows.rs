@@ -3,9 +3,11 @@
 //! it must agree with an independent reference walker.
 
 mod change_log_support;
+mod rng;
 
-use change_log_support::{core_pairs, fixture, random_chunk, ref_pairs, seed_from_env, Rng};
+use change_log_support::{core_pairs, fixture, random_chunk, ref_pairs};
 use ptable_core::etf_rows::{self, EtfErrorKind};
+use rng::{seed_from_env, Rng};
 use std::collections::BTreeSet;
 
 /// Every tag the walker skips (all that `binary_to_term` decodes in a term_to_binary

@@ -46,8 +46,9 @@
 
 mod change_log_fuzz;
 mod change_log_support;
-
 mod counting_alloc;
+mod fuzz_driver;
+mod rng;
 
 use counting_alloc::{tracked, untracked};
 use md5::Digest;
@@ -58,14 +59,14 @@ use ptable_core::{
     inspect_dir, open_newest_valid, ChunkWriter, FileRole, FileStatus, Reason, SourceKind, Stamp,
     TableDir, TableFile, WriteOptions,
 };
+use rng::{splitmix, Rng};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, Read, Seek, SeekFrom};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 // ---------------------------------------------------------------------------------------------
@@ -339,66 +340,6 @@ impl Fs for MemFs {
     }
     fn try_lock(&self, _: &Path) -> io::Result<Box<dyn LockGuard>> {
         Err(io::Error::from(io::ErrorKind::WouldBlock))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness.
-
-/// splitmix64: seeds each input's generator from (run seed, input index).
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(splitmix(seed) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in `0..n` (0 when `n` is 0).
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-    /// An integer near an edge: 0, 1, small, the old value +-1, powers of two, max, ...
-    fn interesting(&mut self, old: u64, related: &[u64]) -> u64 {
-        match self.below(12) {
-            0 => 0,
-            1 => 1,
-            2 => old.wrapping_add(1),
-            3 => old.wrapping_sub(1),
-            4 => u64::MAX,
-            5 => 1 << 32,
-            6 => (1 << 32) - 1,
-            7 => 4 << 30,
-            8 => 1u64 << self.below(64),
-            9 => related
-                .get(self.below(related.len()))
-                .copied()
-                .unwrap_or(old),
-            10 => old ^ (1 << self.below(64)),
-            _ => self.next() % 100_000,
-        }
     }
 }
 
@@ -1842,22 +1783,10 @@ fn run_one(input: &Input, seeds: &[Seed]) -> Result<Outcome, String> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The driver.
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim().replace('_', "");
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
+// The run.
 
 #[derive(Default)]
 struct Stats {
-    inputs: AtomicU64,
-    panics: AtomicU64,
-    failures: AtomicU64,
     recomputed: AtomicU64,
     new_valid: AtomicU64,
     fell_back: AtomicU64,
@@ -1869,7 +1798,79 @@ struct Stats {
     depth: [[AtomicU64; 4]; 3],
     peak: AtomicU64,
     largest: AtomicU64,
-    slowest_us: AtomicU64,
+}
+
+impl Stats {
+    fn add(&self, o: Outcome) {
+        let count = |a: &AtomicU64| {
+            a.fetch_add(1, Ordering::Relaxed);
+        };
+        count(&self.depth[o.kind as usize][o.depth as usize]);
+        if o.recomputed {
+            count(&self.recomputed);
+        }
+        if o.new_valid_file {
+            count(&self.new_valid);
+        }
+        if o.fell_back {
+            count(&self.fell_back);
+        }
+        if let Some(held) = o.sparse {
+            count(&self.sparse);
+            if !held {
+                count(&self.sparse_huge);
+            }
+            if o.depth == Depth::Decoded {
+                count(&self.sparse_decoded);
+            }
+        }
+        self.peak.fetch_max(o.peak, Ordering::Relaxed);
+        self.largest.fetch_max(o.largest, Ordering::Relaxed);
+    }
+
+    fn print(&self) {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        println!(
+            "  checksums recomputed after mutation: {}; decoded to new valid contents: {}; \
+             restore fell back to the backup: {}",
+            get(&self.recomputed),
+            get(&self.new_valid),
+            get(&self.fell_back)
+        );
+        println!(
+            "  sparse inputs (a hole of zeros, claims edited to cover it): {}, of which {} with \
+             an apparent size beyond {MATERIALIZE_MAX} bytes; {} decoded fully",
+            get(&self.sparse),
+            get(&self.sparse_huge),
+            get(&self.sparse_decoded)
+        );
+        println!(
+            "  core allocation per input: peak live {} bytes, largest single {} bytes",
+            get(&self.peak),
+            get(&self.largest)
+        );
+        println!(
+            "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+            "depth", "v2", "legacy v1", "other", "total"
+        );
+        let names = [
+            "rejected at open (header)",
+            "rejected at a frame / MD5",
+            "rejected at decompression",
+            "decoded fully",
+        ];
+        for (d, name) in names.iter().enumerate() {
+            let row: Vec<u64> = (0..3).map(|k| get(&self.depth[k][d])).collect();
+            println!(
+                "  {:<28} {:>12} {:>12} {:>12} {:>12}",
+                name,
+                row[0],
+                row[1],
+                row[2],
+                row.iter().sum::<u64>()
+            );
+        }
+    }
 }
 
 const DEFAULT_ITERATIONS: u64 = 25_000;
@@ -1885,13 +1886,8 @@ fn fuzz_decoders() {
             s.name
         );
     }
-    let run_seed = env_u64("PTABLE_FUZZ_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
-    if let Some(only) = env_u64("PTABLE_FUZZ_ONLY") {
+    let run_seed = fuzz_driver::run_seed();
+    if let Some(only) = fuzz_driver::only_input() {
         let input = make_input(run_seed, only, &seeds);
         println!(
             "input {only} of seed {run_seed:#x}: from {}, {} bytes, hole {:?}, recomputed {}",
@@ -1905,213 +1901,20 @@ fn fuzz_decoders() {
         assert!(r.is_ok(), "{:?}", r.err());
         return;
     }
-    let iterations = env_u64("PTABLE_FUZZ_ITERATIONS").unwrap_or(DEFAULT_ITERATIONS);
-    let threads = env_u64("PTABLE_FUZZ_THREADS")
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u64)
-                .unwrap_or(1)
-        })
-        .clamp(1, 64);
-    let hang_secs = env_u64("PTABLE_FUZZ_HANG_SECS").unwrap_or(30);
-    println!(
-        "fuzz_decoders: seed {run_seed:#x}, {iterations} inputs, {threads} threads, {} seed files \
-         (reproduce one input with PTABLE_FUZZ_SEED={run_seed:#x} PTABLE_FUZZ_ONLY=<index>)",
-        seeds.len()
-    );
+    println!("fuzz_decoders: {} seed files", seeds.len());
     for s in &seeds {
         println!("  seed {:<32} {:>6} bytes", s.name, s.bytes.len());
     }
-
     let stats = Stats::default();
-    let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let done = AtomicBool::new(false);
-    // Per worker: index of the input in progress and when it started (ms since `t0`), or
-    // u64::MAX when idle.
-    let t0 = Instant::now();
-    let current: Vec<(AtomicU64, AtomicU64)> = (0..threads)
-        .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(0)))
-        .collect();
-    let hang: Mutex<Option<String>> = Mutex::new(None);
-
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let (seeds, stats, failures, current) = (&seeds, &stats, &failures, &current);
-            scope.spawn(move || {
-                let mut i = t;
-                while i < iterations {
-                    let started = t0.elapsed();
-                    current[t as usize]
-                        .1
-                        .store(started.as_millis() as u64, Ordering::Relaxed);
-                    current[t as usize].0.store(i, Ordering::Relaxed);
-                    let result = catch_unwind(AssertUnwindSafe(|| {
-                        let input = make_input(run_seed, i, seeds);
-                        run_one(&input, seeds)
-                    }));
-                    let took = (t0.elapsed() - started).as_micros() as u64;
-                    stats.slowest_us.fetch_max(took, Ordering::Relaxed);
-                    stats.inputs.fetch_add(1, Ordering::Relaxed);
-                    let record = |msg: String| {
-                        if let Ok(mut f) = failures.lock() {
-                            if f.len() < 20 {
-                                f.push(msg);
-                            }
-                        }
-                    };
-                    match result {
-                        Err(panic) => {
-                            stats.panics.fetch_add(1, Ordering::Relaxed);
-                            let what = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_default();
-                            record(format!("input {i}: PANIC {what}"));
-                        }
-                        Ok(Err(msg)) => {
-                            stats.failures.fetch_add(1, Ordering::Relaxed);
-                            record(format!("input {i}: {msg}"));
-                        }
-                        Ok(Ok(o)) => {
-                            let k = o.kind as usize;
-                            let d = o.depth as usize;
-                            stats.depth[k][d].fetch_add(1, Ordering::Relaxed);
-                            if o.recomputed {
-                                stats.recomputed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if o.new_valid_file {
-                                stats.new_valid.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if o.fell_back {
-                                stats.fell_back.fetch_add(1, Ordering::Relaxed);
-                            }
-                            if let Some(held) = o.sparse {
-                                stats.sparse.fetch_add(1, Ordering::Relaxed);
-                                if !held {
-                                    stats.sparse_huge.fetch_add(1, Ordering::Relaxed);
-                                }
-                                if o.depth == Depth::Decoded {
-                                    stats.sparse_decoded.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                            stats.peak.fetch_max(o.peak, Ordering::Relaxed);
-                            stats.largest.fetch_max(o.largest, Ordering::Relaxed);
-                        }
-                    }
-                    i += threads;
-                }
-                current[t as usize].0.store(u64::MAX, Ordering::Relaxed);
-            });
-        }
-        // Watchdog and progress.
-        let (stats, current, done, hang) = (&stats, &current, &done, &hang);
-        scope.spawn(move || {
-            let mut last_report = Instant::now();
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let now = t0.elapsed().as_millis() as u64;
-                let mut idle = 0;
-                for (index, since) in current.iter() {
-                    let index = index.load(Ordering::Relaxed);
-                    if index == u64::MAX {
-                        idle += 1;
-                        continue;
-                    }
-                    let since = since.load(Ordering::Relaxed);
-                    if now.saturating_sub(since) > hang_secs * 1000 {
-                        let msg = format!(
-                            "HANG: input {index} of seed {run_seed:#x} ran over {hang_secs} s"
-                        );
-                        eprintln!("{msg}");
-                        if let Ok(mut h) = hang.lock() {
-                            *h = Some(msg);
-                        }
-                        // A hung input cannot be interrupted: fail the whole process.
-                        std::process::exit(101);
-                    }
-                }
-                if idle == current.len() {
-                    break;
-                }
-                if last_report.elapsed() > Duration::from_secs(60) {
-                    last_report = Instant::now();
-                    eprintln!(
-                        "fuzz_decoders: {} inputs after {:.0} s",
-                        stats.inputs.load(Ordering::Relaxed),
-                        t0.elapsed().as_secs_f64()
-                    );
-                }
-            }
-        });
-    });
-    done.store(true, Ordering::Relaxed);
-
-    let elapsed = t0.elapsed();
-    let n = stats.inputs.load(Ordering::Relaxed);
-    let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    println!(
-        "fuzz_decoders: {n} inputs in {:.1} s ({:.0}/s), seed {run_seed:#x}",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64().max(1e-9)
+    let totals = fuzz_driver::drive(
+        "fuzz_decoders",
+        run_seed,
+        DEFAULT_ITERATIONS,
+        &|i| run_one(&make_input(run_seed, i, &seeds), &seeds),
+        &|o| stats.add(o),
     );
-    println!(
-        "  panics {}, oracle failures {}, hangs 0 (slowest input {} us)",
-        get(&stats.panics),
-        get(&stats.failures),
-        get(&stats.slowest_us)
-    );
-    println!(
-        "  checksums recomputed after mutation: {}; decoded to new valid contents: {}; \
-         restore fell back to the backup: {}",
-        get(&stats.recomputed),
-        get(&stats.new_valid),
-        get(&stats.fell_back)
-    );
-    println!(
-        "  sparse inputs (a hole of zeros, claims edited to cover it): {}, of which {} with an \
-         apparent size beyond {MATERIALIZE_MAX} bytes; {} decoded fully",
-        get(&stats.sparse),
-        get(&stats.sparse_huge),
-        get(&stats.sparse_decoded)
-    );
-    println!(
-        "  core allocation per input: peak live {} bytes, largest single {} bytes",
-        get(&stats.peak),
-        get(&stats.largest)
-    );
-    println!(
-        "  {:<28} {:>12} {:>12} {:>12} {:>12}",
-        "depth", "v2", "legacy v1", "other", "total"
-    );
-    let names = [
-        "rejected at open (header)",
-        "rejected at a frame / MD5",
-        "rejected at decompression",
-        "decoded fully",
-    ];
-    for (d, name) in names.iter().enumerate() {
-        let row: Vec<u64> = (0..3).map(|k| get(&stats.depth[k][d])).collect();
-        println!(
-            "  {:<28} {:>12} {:>12} {:>12} {:>12}",
-            name,
-            row[0],
-            row[1],
-            row[2],
-            row.iter().sum::<u64>()
-        );
-    }
-    let failures = failures.into_inner().unwrap_or_default();
-    for f in &failures {
-        println!("  FAIL {f}");
-    }
-    assert_eq!(get(&stats.panics), 0, "panics (seed {run_seed:#x})");
-    assert_eq!(
-        get(&stats.failures),
-        0,
-        "oracle failures (seed {run_seed:#x})"
-    );
-    assert_eq!(n, iterations);
+    stats.print();
+    totals.assert_clean();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,10 +19,11 @@
 //!   every verified log replays over its base.
 
 use crate::change_log_support::{
-    core_pairs, fixture, random_chunk, random_term, ref_pairs, ref_pairs_visiting, splitmix, Rng,
-    Spans, Table,
+    core_pairs, fixture, random_chunk, random_term, ref_pairs, ref_pairs_visiting, Spans, Table,
 };
-use crate::{env_u64, tracked};
+use crate::counting_alloc::tracked;
+use crate::fuzz_driver;
+use crate::rng::{splitmix, Rng};
 use ptable_core::change_index::{property_hash, IndexBuilder, IndexError};
 use ptable_core::change_log::{
     encode_record, scan_log, LogHeader, LogReader, LogScan, LogStop, LOG_HEADER_LEN,
@@ -31,16 +32,14 @@ use ptable_core::etf_rows::{self, EtfErrorKind};
 use ptable_core::log_apply::apply;
 use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use xxhash_rust::xxh3::xxh3_64;
 
 const DEFAULT_ITERATIONS: u64 = 25_000;
 
 // ---------------------------------------------------------------------------------------------
-// A small driver: threads, catch_unwind, a hang watchdog, counters.
+// Both fuzzers' outcomes, tallied by category.
 
 struct Outcome {
     /// Index into the caller's category names.
@@ -51,27 +50,32 @@ struct Outcome {
 }
 
 #[derive(Default)]
-struct Counters {
-    inputs: AtomicU64,
-    panics: AtomicU64,
-    failures: AtomicU64,
+struct Tally {
     recomputed: AtomicU64,
     categories: [AtomicU64; 4],
     peak: AtomicU64,
     largest: AtomicU64,
-    slowest_us: AtomicU64,
 }
 
-type RunOne<'a> = dyn Fn(u64, u64) -> Result<Outcome, String> + Sync + 'a;
+impl Tally {
+    fn add(&self, o: Outcome) {
+        self.categories[o.category].fetch_add(1, Ordering::Relaxed);
+        if o.recomputed {
+            self.recomputed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.peak.fetch_max(o.peak, Ordering::Relaxed);
+        self.largest.fetch_max(o.largest, Ordering::Relaxed);
+    }
+}
 
-fn drive(name: &str, categories: [&str; 4], run: &RunOne<'_>) {
-    let run_seed = env_u64("PTABLE_FUZZ_SEED").unwrap_or_else(|| {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-    });
-    if let Some(only) = env_u64("PTABLE_FUZZ_ONLY") {
+/// Runs `run(run_seed, i)` for every input (see `fuzz_driver`) and prints the tally.
+fn drive(
+    name: &str,
+    categories: [&str; 4],
+    run: &(dyn Fn(u64, u64) -> Result<Outcome, String> + Sync),
+) {
+    let run_seed = fuzz_driver::run_seed();
+    if let Some(only) = fuzz_driver::only_input() {
         let r = run(run_seed, only);
         assert!(
             r.is_ok(),
@@ -80,130 +84,25 @@ fn drive(name: &str, categories: [&str; 4], run: &RunOne<'_>) {
         );
         return;
     }
-    let iterations = env_u64("PTABLE_FUZZ_ITERATIONS").unwrap_or(DEFAULT_ITERATIONS);
-    let threads = env_u64("PTABLE_FUZZ_THREADS")
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u64)
-                .unwrap_or(1)
-        })
-        .clamp(1, 64);
-    let hang = Duration::from_secs(env_u64("PTABLE_FUZZ_HANG_SECS").unwrap_or(30));
-    println!(
-        "{name}: seed {run_seed:#x}, {iterations} inputs, {threads} threads (reproduce one input \
-         with PTABLE_FUZZ_SEED={run_seed:#x} PTABLE_FUZZ_ONLY=<index>)"
+    let tally = Tally::default();
+    let totals = fuzz_driver::drive(
+        name,
+        run_seed,
+        DEFAULT_ITERATIONS,
+        &|i| run(run_seed, i),
+        &|o| tally.add(o),
     );
-    let counters = Counters::default();
-    let failures = std::sync::Mutex::new(Vec::new());
-    let t0 = Instant::now();
-    // Per worker: the input in progress (u64::MAX when idle) and since when (ms).
-    let current: Vec<(AtomicU64, AtomicU64)> = (0..threads)
-        .map(|_| (AtomicU64::new(0), AtomicU64::new(0)))
-        .collect();
-    std::thread::scope(|scope| {
-        for t in 0..threads {
-            let (counters, failures, current) = (&counters, &failures, &current);
-            // The reference walker recurses; give it room.
-            let worker = std::thread::Builder::new().stack_size(64 << 20);
-            let spawned = worker.spawn_scoped(scope, move || {
-                let mut i = t;
-                while i < iterations {
-                    let slot = &current[t as usize];
-                    slot.1
-                        .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
-                    slot.0.store(i, Ordering::Relaxed);
-                    let started = Instant::now();
-                    let result = catch_unwind(AssertUnwindSafe(|| run(run_seed, i)));
-                    let took = started.elapsed().as_micros() as u64;
-                    counters.slowest_us.fetch_max(took, Ordering::Relaxed);
-                    counters.inputs.fetch_add(1, Ordering::Relaxed);
-                    let failure = match result {
-                        Err(panic) => {
-                            counters.panics.fetch_add(1, Ordering::Relaxed);
-                            let what = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
-                            Some(format!("input {i}: PANIC {}", what.unwrap_or_default()))
-                        }
-                        Ok(Err(msg)) => {
-                            counters.failures.fetch_add(1, Ordering::Relaxed);
-                            Some(format!("input {i}: {msg}"))
-                        }
-                        Ok(Ok(o)) => {
-                            counters.categories[o.category].fetch_add(1, Ordering::Relaxed);
-                            if o.recomputed {
-                                counters.recomputed.fetch_add(1, Ordering::Relaxed);
-                            }
-                            counters.peak.fetch_max(o.peak, Ordering::Relaxed);
-                            counters.largest.fetch_max(o.largest, Ordering::Relaxed);
-                            None
-                        }
-                    };
-                    if let (Some(f), Ok(mut all)) = (failure, failures.lock()) {
-                        if all.len() < 20 {
-                            all.push(f);
-                        }
-                    }
-                    i += threads;
-                }
-                current[t as usize].0.store(u64::MAX, Ordering::Relaxed);
-            });
-            spawned.expect("fuzz worker");
-        }
-        let current = &current;
-        scope.spawn(move || loop {
-            std::thread::sleep(Duration::from_millis(200));
-            let now = t0.elapsed().as_millis() as u64;
-            let mut idle = 0;
-            for (index, since) in current {
-                let index = index.load(Ordering::Relaxed);
-                if index == u64::MAX {
-                    idle += 1;
-                } else if now.saturating_sub(since.load(Ordering::Relaxed))
-                    > hang.as_millis() as u64
-                {
-                    eprintln!("HANG: input {index} of seed {run_seed:#x} ran over {hang:?}");
-                    std::process::exit(101);
-                }
-            }
-            if idle == current.len() {
-                break;
-            }
-        });
-    });
     let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-    let n = get(&counters.inputs);
-    let secs = t0.elapsed().as_secs_f64();
-    println!(
-        "{name}: {n} inputs in {secs:.1} s ({:.0}/s), seed {run_seed:#x}",
-        n as f64 / secs.max(1e-9)
-    );
-    println!(
-        "  panics {}, oracle failures {}, hangs 0 (slowest input {} us); checksums recomputed: {}",
-        get(&counters.panics),
-        get(&counters.failures),
-        get(&counters.slowest_us),
-        get(&counters.recomputed)
-    );
+    println!("  checksums recomputed: {}", get(&tally.recomputed));
     println!(
         "  core allocation per input: peak live {} bytes, largest single {} bytes",
-        get(&counters.peak),
-        get(&counters.largest)
+        get(&tally.peak),
+        get(&tally.largest)
     );
     for (c, name) in categories.iter().enumerate() {
-        println!("  {name:<40} {:>10}", get(&counters.categories[c]));
+        println!("  {name:<40} {:>10}", get(&tally.categories[c]));
     }
-    for f in failures.into_inner().unwrap_or_default() {
-        println!("  FAIL {f}");
-    }
-    assert_eq!(get(&counters.panics), 0, "panics (seed {run_seed:#x})");
-    assert_eq!(
-        get(&counters.failures),
-        0,
-        "oracle failures (seed {run_seed:#x})"
-    );
-    assert_eq!(n, iterations);
+    totals.assert_clean();
 }
 
 fn interesting_u32(rng: &mut Rng, old: u32, len: usize) -> u32 {

@@ -4,66 +4,11 @@
 //! terms, and a table model.
 #![allow(dead_code)]
 
+use crate::rng::Rng;
 use ptable_core::change_index::{ChangeIndex, IndexBuilder};
 use ptable_core::etf_rows;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic randomness.
-
-pub fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// xorshift64*.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(splitmix(seed) | 1)
-    }
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    pub fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// The run's seed: `env` if set (decimal or 0x-hex), else from the clock; printed.
-pub fn seed_from_env(env: &str) -> u64 {
-    let seed = std::env::var(env)
-        .ok()
-        .and_then(|s| match s.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16).ok(),
-            None => s.parse().ok(),
-        })
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    println!("seed {seed:#x} (repeat with {env}={seed:#x})");
-    seed
-}
 
 // ---------------------------------------------------------------------------------------------
 // The fixture (tests/fixtures/etf_pairs.txt, written by gen_etf_pairs.escript).
