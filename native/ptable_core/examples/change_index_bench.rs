@@ -7,57 +7,25 @@
 //! ```
 //!
 //! Prints: the walker's and walker + hashing's throughput, the index's heap bytes per row
-//! (counted by the allocator, next to hash maps of the same entries), the time of a diff of
-//! an unchanged table and of changed ones with the log record each would append, and the
-//! time of a replay. Times are the fastest of 7 runs in thread CPU time (Linux).
+//! (counted by the tests' counting allocator, next to hash maps of the same entries), the
+//! time of a diff of an unchanged table and of changed ones with the log record each would
+//! append, and the time of a replay. Times are the fastest of 7 runs in thread CPU time (Linux).
+
+#[path = "../tests/counting_alloc/mod.rs"]
+mod counting_alloc;
 
 use ptable_core::change_index::{ChangeIndex, IndexBuilder, RowHash};
 use ptable_core::change_log::{encode_record, scan_log, LogHeader};
 use ptable_core::etf_rows;
 use ptable_core::log_apply::apply;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
-
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let live =
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed) + layout.size() as isize;
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let delta = new_size as isize - layout.size() as isize;
-        let live = LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
-        PEAK.fetch_max(live, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-fn live() -> isize {
-    LIVE.load(Ordering::Relaxed)
-}
 
 /// Live bytes `f` leaves allocated (what it returns), and the peak above the start.
 fn measure<R>(f: impl FnOnce() -> R) -> (R, isize, isize) {
-    let before = live();
-    PEAK.store(before, Ordering::Relaxed);
-    let r = f();
-    (r, live() - before, PEAK.load(Ordering::Relaxed) - before)
+    let (r, usage) = counting_alloc::measured(f);
+    (r, usage.live as isize, usage.peak as isize)
 }
 
 /// CPU time of this thread: the machine may be shared, and waiting for a core is not

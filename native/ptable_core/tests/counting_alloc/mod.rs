@@ -3,7 +3,7 @@
 //! tests that feed the core files whose headers claim more than they hold.
 //!
 //! A test binary opts in with `mod counting_alloc;` (the `#[global_allocator]` below then
-//! serves the whole binary). Only the calling thread is counted, so threads of other tests
+//! serves the whole binary; an example, with a `#[path]` to this file). Only the calling thread is counted, so threads of other tests
 //! running meanwhile do not disturb the figures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -63,18 +63,40 @@ unsafe impl GlobalAlloc for CountingAlloc {
 #[global_allocator]
 static ALLOC: CountingAlloc = CountingAlloc;
 
-/// Runs `f` with allocation tracking on; returns its result, the peak of live bytes it
-/// allocated, and its largest single allocation (attempts that failed included).
-pub fn tracked<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
+/// What [`measured`] saw its closure allocate on the calling thread.
+#[allow(dead_code)]
+pub struct Usage {
+    /// Bytes allocated and not freed when it returned (what it returns, for instance).
+    pub live: i64,
+    /// The peak of live bytes.
+    pub peak: u64,
+    /// The largest single allocation (attempts that failed included).
+    pub largest: u64,
+}
+
+/// Runs `f` with allocation tracking on; returns its result and what it allocated.
+#[allow(dead_code)]
+pub fn measured<R>(f: impl FnOnce() -> R) -> (R, Usage) {
     LIVE.with(|l| l.set(0));
     PEAK.with(|p| p.set(0));
     LARGEST.with(|m| m.set(0));
     TRACK.with(|t| t.set(true));
     let r = f();
     TRACK.with(|t| t.set(false));
-    let peak = PEAK.with(|p| p.get()).max(0) as u64;
-    let largest = LARGEST.with(|m| m.get()) as u64;
-    (r, peak, largest)
+    let usage = Usage {
+        live: LIVE.with(|l| l.get()),
+        peak: PEAK.with(|p| p.get()).max(0) as u64,
+        largest: LARGEST.with(|m| m.get()) as u64,
+    };
+    (r, usage)
+}
+
+/// Runs `f` with allocation tracking on; returns its result, the peak of live bytes it
+/// allocated, and its largest single allocation (attempts that failed included).
+#[allow(dead_code)]
+pub fn tracked<R>(f: impl FnOnce() -> R) -> (R, u64, u64) {
+    let (r, usage) = measured(f);
+    (r, usage.peak, usage.largest)
 }
 
 /// Runs `f` (work of the test itself, such as a reference decoder) without counting its
