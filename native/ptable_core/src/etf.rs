@@ -6,9 +6,9 @@
 use std::borrow::Cow;
 
 /// Every external term starts with this version byte.
-const VERSION_MAGIC: u8 = 131;
+pub(crate) const VERSION_MAGIC: u8 = 131;
 /// `COMPRESSED`: a 4-byte big-endian uncompressed size, then a zlib stream of the term.
-const COMPRESSED: u8 = 80;
+pub(crate) const COMPRESSED: u8 = 80;
 /// Deflate cannot expand data more than about 1032 times, so a larger claimed size is a
 /// lie; checking it keeps a damaged header from asking for gigabytes.
 const MAX_DEFLATE_RATIO: u64 = 1032;
