@@ -25,6 +25,8 @@
 
 use crate::error::{Error, Reason, Result};
 use bincode::config::{Configuration, Fixint, LittleEndian};
+use std::io::{self, Read};
+use std::ops::RangeInclusive;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 6] = b"PTABLE";
@@ -66,6 +68,60 @@ pub(crate) fn config() -> Configuration<LittleEndian, Fixint> {
         .with_fixed_int_encoding()
 }
 
+/// A header area as table files and change logs lay it out: the 8-byte prefix (`magic`,
+/// `version`, a zero byte), the body's length (u32), the body (`body_len` bytes of fixed-width
+/// fields) and a CRC32 of everything before the CRC.
+pub(crate) fn encode_header_area(
+    magic: &[u8; 6],
+    version: u8,
+    body_len: usize,
+    body: &impl bincode::Encode,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + 4 + body_len + 4);
+    out.extend_from_slice(magic);
+    out.push(version);
+    out.push(0);
+    out.extend_from_slice(&(body_len as u32).to_le_bytes());
+    // Encoding a struct of fixed-width integers into a Vec cannot fail.
+    if let Ok(body) = bincode::encode_to_vec(body, config()) {
+        out.extend_from_slice(&body);
+    }
+    debug_assert_eq!(out.len(), PREFIX_LEN + 4 + body_len);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Reads the rest of a header area whose `prefix` was read and checked: the body's length,
+/// which must lie in `body_lens` (`bad_file` otherwise, before anything else is read), the
+/// body and its CRC (`bad_checksum` when it does not match). A file that ends inside is
+/// `bad_file`.
+pub(crate) fn read_header_body(
+    input: &mut impl Read,
+    prefix: &[u8; PREFIX_LEN],
+    body_lens: RangeInclusive<usize>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let io_err = |e: io::Error| Error::io(&e, path);
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len).map_err(io_err)?;
+    let body_len = u32::from_le_bytes(len) as usize;
+    if !body_lens.contains(&body_len) {
+        return Err(Error::new(Reason::BadFile, path));
+    }
+    let mut body = vec![0u8; body_len + 4];
+    input.read_exact(&mut body).map_err(io_err)?;
+    let crc = body.split_off(body_len);
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(prefix);
+    hasher.update(&len);
+    hasher.update(&body);
+    if crc != hasher.finalize().to_le_bytes() {
+        return Err(Error::new(Reason::BadChecksum, path));
+    }
+    Ok(body)
+}
+
 /// The version 2 header body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, bincode::Encode, bincode::Decode)]
 pub struct HeaderV2 {
@@ -93,19 +149,7 @@ pub struct HeaderV2 {
 impl HeaderV2 {
     /// The complete header area: prefix, length, body, CRC.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_AREA_LEN);
-        out.extend_from_slice(MAGIC);
-        out.push(VERSION_CURRENT);
-        out.push(0);
-        out.extend_from_slice(&(HEADER_BODY_LEN as u32).to_le_bytes());
-        // Encoding a struct of fixed-width integers into a Vec cannot fail.
-        if let Ok(body) = bincode::encode_to_vec(self, config()) {
-            out.extend_from_slice(&body);
-        }
-        debug_assert_eq!(out.len(), PREFIX_LEN + 4 + HEADER_BODY_LEN);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-        out
+        encode_header_area(MAGIC, VERSION_CURRENT, HEADER_BODY_LEN, self)
     }
 
     /// Decodes a header body (after its CRC was checked).

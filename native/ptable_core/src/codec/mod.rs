@@ -113,7 +113,7 @@ const LARGE_INPUT_BYTES: u64 = 256 << 10;
 
 /// Largest zstd window (log2) a decoder accepts, so its context allocates at most 16 MiB
 /// whatever a file says. The writer's levels (zstd 1..19, no long mode) use at most 2^23.
-const WINDOW_LOG_MAX: u32 = 24;
+pub(crate) const WINDOW_LOG_MAX: u32 = 24;
 
 /// Whether this version writes files at user level `level` (0..=9) with `codec`.
 pub fn writes_codec(level: u8, codec: u8) -> bool {

@@ -14,8 +14,9 @@ mod legacy;
 use crate::codec::Decompressor;
 use crate::error::{Error, Reason, Result};
 use crate::format::{
-    parse_prefix, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN, HEADER_BODY_LEN, MAX_CHUNK_LEN,
-    MAX_HEADER_BODY_LEN, MAX_STORED_LEN, PREFIX_LEN, VERSION_CURRENT, VERSION_LEGACY,
+    parse_prefix, read_header_body, FrameHeader, HeaderV2, Version, FRAME_HEADER_LEN,
+    HEADER_BODY_LEN, MAX_CHUNK_LEN, MAX_HEADER_BODY_LEN, MAX_STORED_LEN, PREFIX_LEN,
+    VERSION_CURRENT, VERSION_LEGACY,
 };
 use crate::fs::{Fs, ReadFile, WriteFile};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
@@ -114,24 +115,10 @@ impl TableFile {
         let (header, payload_start, expected_len) = match parse_prefix(&prefix, path)? {
             Version::Legacy => legacy::read_header(&mut file, path)?,
             Version::Current => {
-                let mut len = [0u8; 4];
-                file.read_exact(&mut len).map_err(io_err)?;
-                let body_len = u32::from_le_bytes(len) as usize;
-                if !(HEADER_BODY_LEN..=MAX_HEADER_BODY_LEN).contains(&body_len) {
-                    return Err(bad_file());
-                }
-                let mut body = vec![0u8; body_len + 4];
-                file.read_exact(&mut body).map_err(io_err)?;
-                let (body, crc) = body.split_at(body_len);
-                let mut hasher = crc32fast::Hasher::new();
-                hasher.update(&prefix);
-                hasher.update(&len);
-                hasher.update(body);
-                if crc != hasher.finalize().to_le_bytes() {
-                    return Err(Error::new(Reason::BadChecksum, path));
-                }
-                let h = HeaderV2::decode_body(body, path)?;
-                let start = (PREFIX_LEN + 4 + body_len + 4) as u64;
+                let lens = HEADER_BODY_LEN..=MAX_HEADER_BODY_LEN;
+                let body = read_header_body(&mut file, &prefix, lens, path)?;
+                let h = HeaderV2::decode_body(&body, path)?;
+                let start = (PREFIX_LEN + 4 + body.len() + 4) as u64;
                 let expected = start.checked_add(h.payload_len).ok_or_else(bad_file)?;
                 (FileHeader::Current(h), start, expected)
             }

@@ -22,8 +22,8 @@ use crate::change_log_support::{
     core_pairs, fixture, random_chunk, random_term, ref_pairs, ref_pairs_visiting, Spans, Table,
 };
 use crate::counting_alloc::tracked;
-use crate::fuzz_driver;
 use crate::rng::{splitmix, Rng};
+use crate::{fuzz_driver, le64};
 use ptable_core::change_index::{property_hash, IndexBuilder, IndexError};
 use ptable_core::change_log::{
     encode_record, scan_log, LogHeader, LogReader, LogScan, LogStop, LOG_HEADER_LEN,
@@ -112,8 +112,9 @@ fn interesting_u32(rng: &mut Rng, old: u32, len: usize) -> u32 {
         2 => old.wrapping_add(1),
         3 => old.wrapping_sub(1),
         4 => u32::MAX,
-        5 => 1 << 30,
-        6 => (1 << 30) + 1,
+        // Either side of the records' length limit.
+        5 => 1 << 28,
+        6 => (1 << 28) + 1,
         7 => len as u32,
         _ => rng.next() as u32 % 4096,
     }
@@ -404,10 +405,6 @@ fn log_seeds() -> Vec<LogSeed> {
 
 fn le32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
-fn le64(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
 #[derive(Clone)]
@@ -809,7 +806,8 @@ fn ref_log(bytes: &[u8]) -> Option<RefLog> {
         let stored_len = le32(h, 16)?;
         let raw_len = le32(h, 20)?;
         let (upserts, deletes) = (le32(h, 24)?, le32(h, 28)? as usize);
-        if stored_len > 1 << 30 || raw_len > 1 << 30 {
+        // FORMAT.md: each length at most 2^28.
+        if stored_len > 1 << 28 || raw_len > 1 << 28 {
             return Some(log);
         }
         let Some(stored) = bytes.get(at + 48..at + 48 + stored_len as usize) else {
