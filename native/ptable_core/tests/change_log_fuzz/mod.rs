@@ -36,7 +36,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use xxhash_rust::xxh3::xxh3_64;
 
-const DEFAULT_ITERATIONS: u64 = 25_000;
+/// Inputs per run when `PTABLE_FUZZ_ITERATIONS` is not set. An input of the log fuzzer
+/// costs about ten of the walker's (it writes, re-encodes and replays logs); both defaults
+/// keep `cargo test` (debug build) within about 15 s for the two, on two busy cores.
+const WALKER_ITERATIONS: u64 = 25_000;
+const LOG_ITERATIONS: u64 = 10_000;
 
 // ---------------------------------------------------------------------------------------------
 // Both fuzzers' outcomes, tallied by category.
@@ -71,6 +75,7 @@ impl Tally {
 /// Runs `run(run_seed, i)` for every input (see `fuzz_driver`) and prints the tally.
 fn drive(
     name: &str,
+    default_iterations: u64,
     categories: [&str; 4],
     run: &(dyn Fn(u64, u64) -> Result<Outcome, String> + Sync),
 ) {
@@ -88,7 +93,7 @@ fn drive(
     let totals = fuzz_driver::drive(
         name,
         run_seed,
-        DEFAULT_ITERATIONS,
+        default_iterations,
         &|i| run(run_seed, i),
         &|o| tally.add(o),
     );
@@ -328,6 +333,7 @@ fn fuzz_etf_walker() {
     }
     drive(
         "fuzz_etf_walker",
+        WALKER_ITERATIONS,
         [
             "refused at the list header",
             "refused inside a pair",
@@ -1024,6 +1030,7 @@ fn fuzz_change_log() {
     assert!(compressed > 0, "a seed has a compressed record");
     drive(
         "fuzz_change_log",
+        LOG_ITERATIONS,
         [
             "refused at the header",
             "no record verified",
