@@ -65,6 +65,11 @@ defmodule PropertyTable.Persist.Write do
     ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
   end
 
+  # :ets.select/3 refuses a limit beyond the VM's small integers (2^27 - 1 on a 32-bit BEAM,
+  # such as an armv7 board's). No chunk holds that many rows anyway: a pair encodes to at
+  # least 4 bytes and a chunk to at most 256 MiB, so the cap changes no file.
+  @max_select_limit 0x7FF_FFFF
+
   # Reads the table a chunk at a time (a safe-fixed traversal sees each row once even while
   # other processes write), encodes each chunk and hands it to the writer.
   defp stream_table(table, session, opts, operation) do
@@ -72,7 +77,7 @@ defmodule PropertyTable.Persist.Write do
 
     try do
       table
-      |> :ets.select(@row_spec, opts.chunk_size)
+      |> :ets.select(@row_spec, min(opts.chunk_size, @max_select_limit))
       |> stream_chunks(session, operation)
     rescue
       ArgumentError -> {:error, %Error{reason: :no_table, operation: operation}}
