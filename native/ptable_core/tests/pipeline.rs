@@ -177,17 +177,7 @@ fn a_pulled_restore_hands_over_the_steps_of_a_streamed_one() {
         loop {
             let mut step = None;
             pipeline.pull(&mut |s: Step<'_>| {
-                step = Some(match s {
-                    Step::Chunk {
-                        data, rows, last, ..
-                    } => StreamedStep::Chunk {
-                        data: data.to_vec(),
-                        rows,
-                        last,
-                    },
-                    Step::Done => StreamedStep::Done,
-                    Step::Failed(e) => StreamedStep::Failed(e),
-                });
+                step = Some(StreamedStep::from(s));
                 true
             });
             let step = step.expect("pull hands over a step");

@@ -161,15 +161,9 @@ pub enum StreamedStep {
     Failed(ptable_core::Error),
 }
 
-/// Streams `file` through the reader thread to a sink that keeps every step, until a final
-/// step; with `ack`, each chunk is acknowledged, without, only the steps the initial credits
-/// allow are awaited. Then closes the pipeline (joining the thread) and adds whatever else
-/// the thread handed over.
-pub fn stream_steps(file: ptable_core::TableFile, ack: bool) -> Vec<StreamedStep> {
-    let pipeline = RestorePipeline::new(file);
-    let (sender, steps) = std::sync::mpsc::channel();
-    let sink = move |step: Step<'_>| {
-        let kept = match step {
+impl From<Step<'_>> for StreamedStep {
+    fn from(step: Step<'_>) -> Self {
+        match step {
             Step::Chunk {
                 data, rows, last, ..
             } => StreamedStep::Chunk {
@@ -179,9 +173,18 @@ pub fn stream_steps(file: ptable_core::TableFile, ack: bool) -> Vec<StreamedStep
             },
             Step::Done => StreamedStep::Done,
             Step::Failed(e) => StreamedStep::Failed(e),
-        };
-        sender.send(kept).is_ok()
-    };
+        }
+    }
+}
+
+/// Streams `file` through the reader thread to a sink that keeps every step, until a final
+/// step; with `ack`, each chunk is acknowledged, without, only the steps the initial credits
+/// allow are awaited. Then closes the pipeline (joining the thread) and adds whatever else
+/// the thread handed over.
+pub fn stream_steps(file: ptable_core::TableFile, ack: bool) -> Vec<StreamedStep> {
+    let pipeline = RestorePipeline::new(file);
+    let (sender, steps) = std::sync::mpsc::channel();
+    let sink = move |step: Step<'_>| sender.send(StreamedStep::from(step)).is_ok();
     pipeline.stream(sink).expect("the reader thread starts");
     let mut kept = Vec::new();
     while ack || kept.len() < STREAMED_CHUNKS as usize {
