@@ -6,10 +6,18 @@ defmodule PropertyTable.Persist.NativeHelpers do
 
   alias PropertyTable.Persist.{Native, Options}
 
-  @doc "Starts a persist with no row count hint and the default `:max_quarantined`."
+  @doc "Starts a persist with no row count hint, the default `:max_quarantined` and no change log."
   @spec persist_begin(String.t(), 0..9, pos_integer()) :: Native.answer(Native.session())
   def persist_begin(dir, level, chunk_rows) do
-    Native.persist_begin(dir, level, chunk_rows, 0, Options.defaults()[:max_quarantined])
+    Native.persist_begin(
+      dir,
+      level,
+      chunk_rows,
+      0,
+      Options.defaults()[:max_quarantined],
+      0.0,
+      false
+    )
   end
 
   @doc "Commits without ending the session."

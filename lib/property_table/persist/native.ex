@@ -63,11 +63,30 @@ defmodule PropertyTable.Persist.Native do
   Starts a persist of table directory `dir`: takes its lock (`:busy` when another writer
   has it). `expected_rows` (the table's size, 0 if unknown) only sizes the compressor;
   `max_quarantined` bounds the corrupt files kept when the commit moves one aside.
+  `log_compaction` (a float; 0.0 turns the change log off) is how large the log may grow,
+  as a fraction of the base file; `full` writes a full file whatever changed. Appends and
+  the commit answer `:restart` (an error reason) when the change belongs in a full file:
+  the caller then persists again with `full`.
   """
-  @spec persist_begin(binary(), 0..9, pos_integer(), non_neg_integer(), pos_integer()) ::
-          answer(session())
-  def persist_begin(_dir, _level, _chunk_rows, _expected_rows, _max_quarantined),
-    do: :erlang.nif_error(:nif_not_loaded)
+  @spec persist_begin(
+          binary(),
+          0..9,
+          pos_integer(),
+          non_neg_integer(),
+          pos_integer(),
+          float(),
+          boolean()
+        ) :: answer(session())
+  def persist_begin(
+        _dir,
+        _level,
+        _chunk_rows,
+        _expected_rows,
+        _max_quarantined,
+        _log_compaction,
+        _full
+      ),
+      do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
   Queues a chunk for the writer thread. The usual case (room in the queue) stays on the

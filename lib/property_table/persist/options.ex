@@ -11,7 +11,8 @@ defmodule PropertyTable.Persist.Options do
     chunk_size: 1000,
     lock_timeout: 60_000,
     safe: false,
-    max_quarantined: 5
+    max_quarantined: 5,
+    log_compaction: 0.5
   ]
 
   defstruct [:table_dir | Keyword.keys(@defaults) ++ [:table_name]]
@@ -30,7 +31,8 @@ defmodule PropertyTable.Persist.Options do
           chunk_size: 1..0xFFFF_FFFF,
           lock_timeout: non_neg_integer() | :infinity,
           safe: boolean(),
-          max_quarantined: 1..0xFFFF_FFFF_FFFF_FFFF
+          max_quarantined: 1..0xFFFF_FFFF_FFFF_FFFF,
+          log_compaction: float()
         }
 
   @doc false
@@ -61,7 +63,8 @@ defmodule PropertyTable.Persist.Options do
       chunk_size: chunk_size!(values[:chunk_size]),
       lock_timeout: lock_timeout!(values[:lock_timeout]),
       safe: boolean!(:safe, values[:safe]),
-      max_quarantined: count!(:max_quarantined, values[:max_quarantined])
+      max_quarantined: count!(:max_quarantined, values[:max_quarantined]),
+      log_compaction: log_compaction!(values[:log_compaction])
     }
 
     %{opts | table_dir: Path.join(opts.data_directory, opts.table_name)}
@@ -120,6 +123,17 @@ defmodule PropertyTable.Persist.Options do
 
   defp lock_timeout!(ms),
     do: bad!(:lock_timeout, ms, "must be a non-negative integer (milliseconds) or :infinity")
+
+  # A fraction of the base file's size; 0 turns the change log off. Beyond 100 the log
+  # would be replayed at every restore for little gain in bytes written.
+  @max_log_compaction 100
+
+  defp log_compaction!(ratio)
+       when is_number(ratio) and ratio >= 0 and ratio <= @max_log_compaction,
+       do: ratio / 1
+
+  defp log_compaction!(ratio),
+    do: bad!(:log_compaction, ratio, "must be a number from 0 to #{@max_log_compaction}")
 
   defp boolean!(_key, value) when is_boolean(value), do: value
   defp boolean!(key, value), do: bad!(key, value, "must be true or false")

@@ -13,12 +13,12 @@ defmodule PropertyTable.Persist.Write do
 
   @doc "Writes the whole table to disk (`persist_to_disk/2`)."
   @spec persist(:ets.table(), Options.t()) :: :ok | {:error, Error.t()}
-  def persist(table, opts), do: write_table(table, opts, :persist_to_disk, nil)
+  def persist(table, opts), do: write_table(table, opts, :persist_to_disk, nil, false)
 
   @doc "Persists the table, then snapshots the stable file (`save_snapshot/2`)."
   @spec snapshot(:ets.table(), Options.t()) :: {:ok, String.t()} | {:error, Error.t()}
   def snapshot(table, opts),
-    do: write_table(table, opts, :save_snapshot, &take_snapshot(&1, opts))
+    do: write_table(table, opts, :save_snapshot, &take_snapshot(&1, opts), true)
 
   @doc "Installs snapshot `id` as the stable file (`restore_snapshot/2`)."
   @spec install_snapshot(Options.t(), term()) :: :ok | {:error, Error.t()}
@@ -29,26 +29,47 @@ defmodule PropertyTable.Persist.Write do
   def install_snapshot(_opts, _id),
     do: {:error, %Error{reason: :invalid_snapshot_id, operation: :restore_snapshot}}
 
-  # Streams the table into a new file under the directory lock, commits it, then runs
-  # `after_commit` (a snapshot) while still holding the lock. Without `after_commit`, the
-  # commit itself ends the session (releasing the lock), so closing it takes no dirty call.
-  defp write_table(table, opts, operation, after_commit) do
+  # Streams the table under the directory lock (into a new file, or into the change log
+  # when only a small part changed), commits it, then runs `after_commit` (a snapshot)
+  # while still holding the lock. Without `after_commit`, the commit itself ends the session
+  # (releasing the lock), so closing it takes no dirty call. A snapshot copies the stable
+  # file, so a persist that snapshots writes a `full` one. A persist whose changes do not
+  # belong in the log answers `:restart`, and the table is streamed again into a full file.
+  defp write_table(table, opts, operation, after_commit, full) do
     with {:ok, rows} <- table_size(table, operation),
          {:ok, session} <-
-           locked(opts, operation, &begin_persist(&1, opts, rows)) do
-      try do
-        with :ok <- stream_table(table, session, opts, operation),
-             :ok <- Native.check(Native.persist_commit(session, after_commit == nil), operation) do
-          if after_commit, do: after_commit.(session), else: :ok
+           locked(opts, operation, &begin_persist(&1, opts, rows, full)) do
+      result =
+        try do
+          with :ok <- stream_table(table, session, opts, operation),
+               :ok <-
+                 Native.check(Native.persist_commit(session, after_commit == nil), operation) do
+            if after_commit, do: after_commit.(session), else: :ok
+          end
+        after
+          Native.persist_close(session)
         end
-      after
-        Native.persist_close(session)
+
+      case result do
+        {:error, %Error{reason: :restart}} when not full ->
+          write_table(table, opts, operation, after_commit, true)
+
+        other ->
+          other
       end
     end
   end
 
-  defp begin_persist(dir, opts, rows) do
-    Native.persist_begin(dir, opts.compression, opts.chunk_size, rows, opts.max_quarantined)
+  defp begin_persist(dir, opts, rows, full) do
+    Native.persist_begin(
+      dir,
+      opts.compression,
+      opts.chunk_size,
+      rows,
+      opts.max_quarantined,
+      opts.log_compaction,
+      full
+    )
   end
 
   defp take_snapshot(session, opts) do

@@ -29,6 +29,11 @@ pub enum Reason {
     /// A chunk larger than the format allows (`format::MAX_CHUNK_LEN`): the writer refuses
     /// it rather than write a file that readers refuse.
     ChunkTooLarge,
+    /// A persist found the change log unusable for this table (more changes than a record
+    /// should hold, a log at its compaction threshold, rows the change index cannot tell
+    /// apart): nothing was written, and the caller streams the table again into a persist
+    /// that writes a full file.
+    Restart,
     /// An operating-system error, named like the POSIX errno (`eacces`, `enospc`, ...).
     Os(&'static str),
 }
@@ -46,6 +51,7 @@ impl Reason {
             Reason::Closed => "closed",
             Reason::Internal => "internal_error",
             Reason::ChunkTooLarge => "chunk_too_large",
+            Reason::Restart => "restart",
             Reason::Os(name) => name,
         }
     }

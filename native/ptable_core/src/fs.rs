@@ -9,7 +9,7 @@ use std::os::unix::{ffi::OsStrExt, fs::OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// A file opened for writing by [`Fs::create`].
+/// A file opened for writing by [`Fs::create`] or [`Fs::open_append`].
 pub trait WriteFile: Send {
     /// Appends `buf` at the current end of what this handle wrote.
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
@@ -65,6 +65,10 @@ pub trait Fs: Send + Sync {
     /// Opens an existing regular file for reading, through symlinks. Anything else (a FIFO,
     /// a socket, a device, a directory) fails with [`not_a_regular_file`] without blocking.
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>>;
+    /// Opens an existing regular file for writing at offsets ([`WriteFile::write_all_at`]),
+    /// never creating, truncating or following a symlink; anything but a regular file fails
+    /// with [`not_a_regular_file`] without blocking.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WriteFile>>;
     /// Atomically replaces `to` with `from`.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove_file(&self, path: &Path) -> io::Result<()>;
@@ -258,6 +262,18 @@ fn create_new_file(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Opens an existing regular file for writing (see [`Fs::open_append`]).
+fn open_existing_for_writing(path: &Path) -> io::Result<File> {
+    let file = match no_follow(OpenOptions::new().write(true)).open(path) {
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(not_a_regular_file()),
+        result => result?,
+    };
+    ensure_regular(&file)?;
+    clear_nonblocking(&file)?;
+    Ok(file)
+}
+
 /// Opens (creating if missing) the lock file, which must be a regular file and not a
 /// symlink: the lock is shared with other writers, so whatever is there is refused rather
 /// than replaced (two writers replacing it at once could each lock a file of their own).
@@ -318,6 +334,10 @@ impl Fs for StdFs {
 
     fn open(&self, path: &Path) -> io::Result<Box<dyn ReadFile>> {
         Ok(Box::new(StdReadFile(open_regular_for_reading(path)?)))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        Ok(Box::new(StdWriteFile(open_existing_for_writing(path)?)))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {

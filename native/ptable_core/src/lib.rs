@@ -33,7 +33,7 @@ pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
 pub use table_dir::{
     count_limit, list_snapshots, open_newest_valid, restore_parts, restore_snapshot,
-    restore_snapshot_keeping, CommitOutcome, PersistSession, RestoreFailure, RestoreSource,
-    SnapshotEntry, SourceKind, TableDir,
+    restore_snapshot_keeping, Baselines, CommitOutcome, PersistConfig, PersistSession,
+    RestoreFailure, RestoreSource, SnapshotEntry, SourceKind, TableDir,
 };
 pub use writer::{ChunkWriter, Stamp, WriteOptions};

@@ -55,6 +55,7 @@ fn errnos(kind: CallKind) -> &'static [i32] {
     match kind {
         CallKind::Create => &[EIO, EACCES, ENOSPC],
         CallKind::Open => &[EIO, EACCES],
+        CallKind::OpenAppend => &[EIO, EACCES, EROFS],
         CallKind::Read => &[EIO],
         CallKind::WriteAll | CallKind::WriteAt => &[ENOSPC, EIO, EDQUOT],
         CallKind::Sync => &[EIO, ENOSPC],

@@ -298,6 +298,9 @@ impl Fs for MemFs {
             None => Err(io::Error::from_raw_os_error(2)),
         }
     }
+    fn open_append(&self, _: &Path) -> io::Result<Box<dyn WriteFile>> {
+        Err(unsupported())
+    }
     fn rename(&self, _: &Path, _: &Path) -> io::Result<()> {
         Err(unsupported())
     }

@@ -313,6 +313,10 @@ impl Fs for CountingFs {
         self.tick();
         StdFs.open(path)
     }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        self.tick();
+        StdFs.open_append(path)
+    }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.tick();
         StdFs.rename(from, to)

@@ -2,11 +2,11 @@
 //! every call that touches files on a dirty I/O scheduler. All logic lives in `ptable_core`.
 
 use ptable_core::{
-    count_limit, inspect_dir, list_snapshots, restore_snapshot_keeping, PersistPipeline,
-    SnapshotId, StdFs, TableDir, WriteOptions,
+    count_limit, inspect_dir, list_snapshots, restore_snapshot_keeping, Baselines, PersistConfig,
+    PersistPipeline, SnapshotId, StdFs, TableDir, WriteOptions,
 };
 use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use terms::{answer, Answer, FileInfo, RawPath, Snapshot, Status};
 
 mod restore;
@@ -22,6 +22,10 @@ const INLINE_APPEND_MAX: usize = 1 << 20;
 #[rustler::resource_impl]
 impl Resource for SessionResource {}
 
+/// What this VM knows of each table directory's persisted state: the change indexes that let
+/// a persist append only what changed.
+static BASELINES: LazyLock<Arc<Baselines>> = LazyLock::new(Default::default);
+
 /// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
 /// another writer has it). Encodes its answer itself: a resource is not unwind-safe, so a
 /// NIF cannot return one inside a value.
@@ -33,10 +37,15 @@ fn persist_begin<'a>(
     chunk_rows: u32,
     expected_rows: u64,
     max_quarantined: u64,
+    log_compaction: f64,
+    full: bool,
 ) -> Term<'a> {
     let (dir, options) = (TableDir::new(dir.0), WriteOptions { level, chunk_rows });
     let keep = count_limit(max_quarantined);
-    let pipeline = PersistPipeline::begin(Arc::new(StdFs), dir, options, expected_rows, keep);
+    let baselines = Some(Arc::clone(&BASELINES));
+    let config = PersistConfig { baselines, log_compaction, full };
+    let pipeline =
+        PersistPipeline::begin(Arc::new(StdFs), dir, options, expected_rows, keep, config);
     answer(pipeline.map(|p| ResourceArc::new(SessionResource(p)))).encode(env)
 }
 
@@ -106,8 +115,9 @@ fn snapshot_list(dir: RawPath) -> Answer<Vec<Snapshot>> {
 #[rustler::nif(schedule = "DirtyIo")]
 fn snapshot_restore(dir: RawPath, id: Binary, max_quarantined: u64) -> Status {
     let id = std::str::from_utf8(id.as_slice()).unwrap_or("");
-    let keep = count_limit(max_quarantined);
-    restore_snapshot_keeping(&StdFs, &TableDir::new(dir.0), id, keep).into()
+    let (keep, dir) = (count_limit(max_quarantined), TableDir::new(dir.0));
+    BASELINES.forget(&dir);
+    restore_snapshot_keeping(&StdFs, &dir, id, keep).into()
 }
 
 /// Every file of the table directory, as `%FileInfo{}`s.

@@ -3,20 +3,18 @@
 
 use super::{split, ChangeIndex, Entry, IndexError, RowHash, MAX_ROWS};
 use crate::etf_rows;
+use std::borrow::Borrow;
 
 impl ChangeIndex {
     /// Starts comparing a table with this state; feed it every chunk of the table.
-    pub fn diff(&self) -> Diff<'_> {
-        Diff {
-            index: self,
-            seen: vec![0u64; self.entries.len().div_ceil(64)],
-            pairs: Vec::new(),
-            pair_ends: Vec::new(),
-            updated: Vec::new(),
-            inserted: Vec::new(),
-            rows: 0,
-            batch: Vec::new(),
-        }
+    pub fn diff(&self) -> Diff<&ChangeIndex> {
+        Diff::of(self)
+    }
+
+    /// [`diff`](Self::diff), owning the index: a persist holds it while the table streams
+    /// in, and takes it back with [`Diff::finish_owned`].
+    pub fn into_diff(self) -> Diff<ChangeIndex> {
+        Diff::of(self)
     }
 
     /// Makes this index describe the state after `changes` (computed by a diff of this
@@ -79,8 +77,8 @@ pub(super) fn merge_sorted(entries: &mut Vec<Entry>, new: &[Entry]) {
 /// A table compared with an index, chunk by chunk: the bytes of the pairs that are new or
 /// changed, and which of the index's rows were seen.
 #[derive(Debug)]
-pub struct Diff<'a> {
-    index: &'a ChangeIndex,
+pub struct Diff<I: Borrow<ChangeIndex>> {
+    index: I,
     /// One bit per entry of the index.
     seen: Vec<u64>,
     /// The upserted pairs' bytes, one after another; `pair_ends[i]` is where pair `i` ends.
@@ -93,10 +91,29 @@ pub struct Diff<'a> {
     batch: Vec<(RowHash, std::ops::Range<usize>, std::ops::Range<usize>)>,
 }
 
-impl Diff<'_> {
+impl<I: Borrow<ChangeIndex>> Diff<I> {
+    fn of(index: I) -> Self {
+        let words = index.borrow().entries.len().div_ceil(64);
+        Diff {
+            index,
+            seen: vec![0u64; words],
+            pairs: Vec::new(),
+            pair_ends: Vec::new(),
+            updated: Vec::new(),
+            inserted: Vec::new(),
+            rows: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    /// The index this diff compares with.
+    pub fn index(&self) -> &ChangeIndex {
+        self.index.borrow()
+    }
+
     /// Compares every pair of `chunk`.
     pub fn add_chunk(&mut self, chunk: &[u8]) -> Result<(), IndexError> {
-        let seed = self.index.seed;
+        let seed = self.index().seed;
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
         for pair in etf_rows::pairs(chunk)? {
@@ -109,10 +126,10 @@ impl Diff<'_> {
         // 1M rows took 320 ms looking each row up as it was walked, 167 ms in one separate
         // pass, and less in two).
         for (row, _, bucket) in batch.iter_mut() {
-            *bucket = self.index.bucket_range(row.property);
+            *bucket = self.index().bucket_range(row.property);
         }
         let result = batch.iter().try_for_each(|(row, span, bucket)| {
-            let at = self.index.find_in(row.property, bucket.clone());
+            let at = self.index().find_in(row.property, bucket.clone());
             self.compare(at, *row, &chunk[span.clone()])
         });
         self.batch = batch;
@@ -121,7 +138,7 @@ impl Diff<'_> {
 
     /// Compares one row, given its hashes (with the index's seed) and its pair's bytes.
     pub fn add_hashed(&mut self, row: RowHash, pair: &[u8]) -> Result<(), IndexError> {
-        self.compare(self.index.find(row.property), row, pair)
+        self.compare(self.index().find(row.property), row, pair)
     }
 
     /// Compares one row with the index's entry at `at` (of the same property hash).
@@ -135,7 +152,7 @@ impl Diff<'_> {
                 }
                 self.seen[word] |= bit;
                 let pair_hash = split(row.pair);
-                if self.index.entries[at].pair != pair_hash {
+                if self.index().entries[at].pair != pair_hash {
                     // `at` fits: the index holds at most `MAX_ROWS` entries.
                     self.updated.push((at as u32, pair_hash));
                     self.push_pair(pair);
@@ -165,7 +182,17 @@ impl Diff<'_> {
     }
 
     /// The changes: rows of the index not seen are deleted.
-    pub fn finish(mut self) -> Result<Changes, IndexError> {
+    pub fn finish(self) -> Result<Changes, IndexError> {
+        self.finish_owned().1
+    }
+
+    /// [`finish`](Self::finish), handing the index back as well.
+    pub fn finish_owned(mut self) -> (I, Result<Changes, IndexError>) {
+        let changes = self.changes();
+        (self.index, changes)
+    }
+
+    fn changes(&mut self) -> Result<Changes, IndexError> {
         self.inserted.sort_unstable_by_key(|e| e.property);
         if self
             .inserted
@@ -176,21 +203,22 @@ impl Diff<'_> {
         }
         let mut deletes = Vec::new();
         let mut deleted_positions = Vec::new();
-        for (at, entry) in self.index.entries.iter().enumerate() {
+        let index = self.index.borrow();
+        for (at, entry) in index.entries.iter().enumerate() {
             if self.seen[at / 64] & (1 << (at % 64)) == 0 {
                 deletes.push(entry.property);
                 deleted_positions.push(at as u32);
             }
         }
         Ok(Changes {
-            seed: self.index.seed,
-            generation: self.index.generation,
-            pairs: self.pairs,
-            pair_ends: self.pair_ends,
+            seed: index.seed,
+            generation: index.generation,
+            pairs: std::mem::take(&mut self.pairs),
+            pair_ends: std::mem::take(&mut self.pair_ends),
             deletes,
             deleted_positions,
-            updated: self.updated,
-            inserted: self.inserted,
+            updated: std::mem::take(&mut self.updated),
+            inserted: std::mem::take(&mut self.inserted),
             rows: self.rows,
         })
     }

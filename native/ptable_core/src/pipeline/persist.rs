@@ -13,7 +13,7 @@
 use crate::error::{Error, Reason, Result};
 use crate::fs::Fs;
 use crate::snapshot_id::SnapshotId;
-use crate::table_dir::{CommitOutcome, PersistSession, TableDir};
+use crate::table_dir::{CommitOutcome, PersistConfig, PersistSession, TableDir};
 use crate::writer::WriteOptions;
 use parking_lot::Mutex;
 use std::path::Path;
@@ -111,7 +111,7 @@ impl<C: ChunkConsumer> PersistPipeline<C> {
 }
 
 impl PersistPipeline<PersistSession> {
-    /// Begins a persist ([`PersistSession::begin`]) with its hints set: the table's row
+    /// Begins a persist ([`PersistSession::begin_with`]) with its hints set: the table's row
     /// count and how many quarantined files its commit keeps.
     pub fn begin(
         fs: Arc<dyn Fs>,
@@ -119,8 +119,9 @@ impl PersistPipeline<PersistSession> {
         options: WriteOptions,
         expected_rows: u64,
         max_quarantined: usize,
+        config: PersistConfig,
     ) -> Result<Self> {
-        let mut session = PersistSession::begin(fs, dir, options)?;
+        let mut session = PersistSession::begin_with(fs, dir, options, config)?;
         session.expect_rows(expected_rows);
         session.set_max_quarantined(max_quarantined);
         Ok(PersistPipeline::new(session))

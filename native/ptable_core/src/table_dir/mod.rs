@@ -5,21 +5,29 @@
 //! <dir>/data.ptable.backup   the previous stable file
 //! <dir>/data.ptable.tmp      a file being written
 //! <dir>/data.ptable.lock     advisory lock serializing writers (flock)
+//! <dir>/data.ptable.log      change log: records appended after the stable file
+//! <dir>/data.ptable.backup.log   the log of the backup file (renamed with it)
+//! <dir>/data.ptable.log.tmp  a log being started
 //! <dir>/snapshots/<ID>       snapshots; <ID>.tmp while being written
 //! ```
 //!
 //! Installing a new stable file: write the tmp file and fsync it; if the current stable file
-//! verifies, rename it to the backup (a corrupt one is simply replaced, so it never pushes out
-//! a good backup); rename tmp to stable; fsync the directory. At every instant some complete
-//! file (stable, backup or the fsynced tmp) holds the old or the new contents, and restore
-//! looks at them in that order.
+//! verifies, rename its log to the backup log and it to the backup (a corrupt one is moved
+//! aside, so it never pushes out a good backup); rename tmp to stable; fsync the directory.
+//! At every instant some complete file (stable, backup or the fsynced tmp), with the log
+//! whose header names it, holds the old or the new contents, and restore looks at them in
+//! that order.
 
+mod baseline;
+mod log;
 mod persist;
 mod quarantine;
 mod restore;
 mod snapshots;
 
-pub use persist::{CommitOutcome, PersistSession};
+pub use baseline::{BaseId, Baseline, Baselines, LogState};
+pub use log::{find_log, FoundLog};
+pub use persist::{CommitOutcome, PersistConfig, PersistSession};
 pub use quarantine::{quarantined_files, utc_compact, DEFAULT_MAX_QUARANTINED};
 pub use restore::{open_newest_valid, restore_parts, RestoreFailure, RestoreSource, SourceKind};
 pub use snapshots::{list_snapshots, restore_snapshot, restore_snapshot_keeping, SnapshotEntry};
@@ -36,6 +44,9 @@ pub const STABLE: &str = "data.ptable";
 pub const BACKUP: &str = "data.ptable.backup";
 pub const TMP: &str = "data.ptable.tmp";
 pub const LOCK: &str = "data.ptable.lock";
+pub const LOG: &str = "data.ptable.log";
+pub const BACKUP_LOG: &str = "data.ptable.backup.log";
+pub const LOG_TMP: &str = "data.ptable.log.tmp";
 pub const SNAPSHOTS: &str = "snapshots";
 const SNAPSHOT_TMP_SUFFIX: &str = ".tmp";
 
@@ -69,6 +80,15 @@ impl TableDir {
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join(LOCK)
+    }
+    pub fn log(&self) -> PathBuf {
+        self.root.join(LOG)
+    }
+    pub fn backup_log(&self) -> PathBuf {
+        self.root.join(BACKUP_LOG)
+    }
+    pub fn log_tmp(&self) -> PathBuf {
+        self.root.join(LOG_TMP)
     }
     pub fn snapshots(&self) -> PathBuf {
         self.root.join(SNAPSHOTS)
@@ -141,7 +161,17 @@ fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>)
 fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir, max_quarantined: usize) -> Result<()> {
     let (stable, backup, tmp) = (dir.stable(), dir.backup(), dir.tmp());
     match open_verified(fs, &stable) {
-        Ok(_) => rotate_into_backup(fs, dir, &stable, &backup, max_quarantined)?,
+        Ok(_) => {
+            // The log goes with its base, which it names: a cut between the two renames
+            // leaves each log beside its base under either name (see `log`).
+            match fs.rename(&dir.log(), &dir.backup_log()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(Error::io(&e, &dir.log()))
+                }
+                _ => {}
+            }
+            rotate_into_backup(fs, dir, &stable, &backup, max_quarantined)?
+        }
         Err(e) if e.reason.is_corruption() => {
             quarantine_file(fs, dir, &stable, max_quarantined)?;
         }

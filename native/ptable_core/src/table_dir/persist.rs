@@ -1,13 +1,19 @@
-//! One persist ([`PersistSession`]): compare with the stable file, write the tmp file only
-//! from the first difference on, install it, snapshot the result.
+//! One persist ([`PersistSession`]): with a baseline of the directory (see `baseline`),
+//! compare the table with it and append the difference to the change log; without one,
+//! compare with the stable file, write the tmp file only from the first difference on,
+//! install it, snapshot the result.
 
+use super::log::{append_record, log_unchanged, log_verifies};
 use super::snapshots::snapshot_stable;
 use super::{
-    ensure_dir, install_tmp_as_stable, lock_dir, next_stable_sequence, remove_if_present, TableDir,
-    DEFAULT_MAX_QUARANTINED,
+    ensure_dir, install_tmp_as_stable, lock_dir, next_stable_sequence, remove_if_present, BaseId,
+    Baseline, Baselines, LogState, TableDir, DEFAULT_MAX_QUARANTINED,
 };
+use crate::change_index::{ChangeIndex, Diff, IndexBuilder};
+use crate::change_log::{encode_record, LogHeader, MAX_RECORD_BYTES};
 use crate::codec::{writes_codec, CODEC_ZSTD_STREAM};
 use crate::error::{Error, Reason, Result};
+use crate::format::HeaderV2;
 use crate::format::MAX_CHUNK_LEN;
 use crate::fs::{Fs, LockGuard};
 use crate::reader::{Chunk, TableFile};
@@ -22,9 +28,53 @@ pub enum CommitOutcome {
     /// A new stable file was installed.
     Written,
     /// The table's encoding equals the stable file's (same options, every chunk byte for
-    /// byte), and the stable file verified completely on the way: nothing was written, which
-    /// spares flash.
+    /// byte), and the stable file verified completely on the way, or the table equals the
+    /// baseline: nothing was written, which spares flash.
     Unchanged,
+    /// The difference from the baseline was appended to the change log as one record of
+    /// this many bytes.
+    Appended(u64),
+}
+
+/// How a persist may use the change log.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// Where the directory's baseline is found and left; `None`: no change log (every
+    /// changed persist writes a full file, as `log_compaction: 0` does).
+    pub baselines: Option<Arc<Baselines>>,
+    /// The log may grow to this fraction of the base file's size; a change that would take
+    /// it further writes a full file instead (a compaction). 0 disables the log.
+    pub log_compaction: f64,
+    /// Write a full file whatever the baseline (a snapshot follows, or a restarted persist).
+    pub full: bool,
+}
+
+impl Default for PersistConfig {
+    fn default() -> Self {
+        PersistConfig {
+            baselines: None,
+            log_compaction: 0.0,
+            full: false,
+        }
+    }
+}
+
+impl PersistConfig {
+    fn logs(&self) -> bool {
+        self.baselines.is_some() && self.log_compaction > 0.0
+    }
+}
+
+/// A persist comparing the table with the baseline, to append the difference to the log.
+struct Diffing {
+    diff: Diff<ChangeIndex>,
+    base: BaseId,
+    log: Option<LogState>,
+    /// Bytes the log may still grow by.
+    room: u64,
+    /// The base, to be verified (with the log) before anything is appended; `None` once it
+    /// was.
+    unverified: Option<(TableFile, Arc<dyn Fs>)>,
 }
 
 /// Where a persist is: still matching the stable file chunk for chunk, or writing.
@@ -36,6 +86,7 @@ enum Mode {
         chunk: Vec<u8>,
     },
     Writing(Box<ChunkWriter>),
+    Diffing(Box<Diffing>),
 }
 
 /// One persist: holds the directory lock from `begin` until dropped, streams chunks into the
@@ -53,37 +104,59 @@ pub struct PersistSession {
     stamp: Stamp,
     mode: Option<Mode>,
     digest: Xxh3,
-    committed: bool,
     expected_rows: u64,
     /// Quarantined files kept when a commit moves a corrupt file aside.
     max_quarantined: usize,
     /// Overrides the writer's choice of two streams (tests).
     two_streams: Option<bool>,
+    config: PersistConfig,
+    /// The index of a table being written in full, for the baseline its commit leaves;
+    /// dropped at the first chunk it cannot index (the next persist is full again).
+    builder: Option<IndexBuilder>,
+    /// What the commit did, once it did.
+    outcome: Option<CommitOutcome>,
     // Dropped last: everything above happens under the lock.
     _lock: Box<dyn LockGuard>,
 }
 
 impl PersistSession {
-    /// Creates the directory if needed and takes its lock.
+    /// Creates the directory if needed and takes its lock; no change log.
     pub fn begin(fs: Arc<dyn Fs>, dir: TableDir, options: WriteOptions) -> Result<Self> {
+        Self::begin_with(fs, dir, options, PersistConfig::default())
+    }
+
+    /// Creates the directory if needed and takes its lock. With a baseline that still
+    /// describes the directory's files, the persist compares the table with it and appends
+    /// the difference to the log; otherwise it writes a full file (or finds the stable file
+    /// unchanged), building the index of the baseline it leaves.
+    pub fn begin_with(
+        fs: Arc<dyn Fs>,
+        dir: TableDir,
+        options: WriteOptions,
+        config: PersistConfig,
+    ) -> Result<Self> {
         ensure_dir(fs.as_ref(), dir.root())?;
         let lock = lock_dir(fs.as_ref(), &dir)?;
         let stable = TableFile::open(fs.as_ref(), &dir.stable()).ok();
+        let baseline = config.baselines.as_ref().and_then(|b| b.take(&dir));
+        let stable_header = stable.as_ref().and_then(|f| f.header().current().copied());
+        let usable_baseline = match (baseline, stable_header) {
+            (Some(b), Some(h)) if config.logs() && !config.full => usable(fs.as_ref(), b, &h),
+            _ => None,
+        };
+        let builder = match &usable_baseline {
+            None if config.logs() => Some(IndexBuilder::new(random_seed()?)),
+            _ => None,
+        };
         let stamp = Stamp::now(next_stable_sequence(fs.as_ref(), &dir, stable.as_ref()));
-        let mode = match stable.filter(|file| is_comparable(file, options)) {
-            Some(stable) => Mode::Comparing {
-                stable: Box::new(stable),
-                matched: 0,
-                chunk: Vec::new(),
-            },
-            None => match ChunkWriter::create(fs.as_ref(), &dir.tmp(), options, stamp) {
-                Ok(writer) => Mode::Writing(Box::new(writer)),
-                Err(e) => {
-                    // The tmp file may exist with part of its placeholder header.
-                    remove_if_present(fs.as_ref(), &dir.tmp());
-                    return Err(e);
-                }
-            },
+        let mode = match (usable_baseline, stable) {
+            (Some(baseline), Some(stable)) => Mode::Diffing(Box::new(Diffing::new(
+                baseline,
+                stable,
+                Arc::clone(&fs),
+                config.log_compaction,
+            ))),
+            (_, stable) => Self::full_mode(fs.as_ref(), &dir, options, stamp, stable)?,
         };
         Ok(PersistSession {
             fs,
@@ -92,12 +165,43 @@ impl PersistSession {
             stamp,
             mode: Some(mode),
             digest: Xxh3::new(),
-            committed: false,
             expected_rows: 0,
             max_quarantined: DEFAULT_MAX_QUARANTINED,
             two_streams: None,
+            config,
+            builder,
+            outcome: None,
             _lock: lock,
         })
+    }
+
+    /// Compares with the stable file when it alone is the persisted state (a version 2 file
+    /// written with the same options, and no log), else starts the tmp file.
+    fn full_mode(
+        fs: &dyn Fs,
+        dir: &TableDir,
+        options: WriteOptions,
+        stamp: Stamp,
+        stable: Option<TableFile>,
+    ) -> Result<Mode> {
+        let comparable = stable
+            .filter(|file| is_comparable(file, options))
+            .filter(|_| !exists(fs, &dir.log()));
+        if let Some(stable) = comparable {
+            return Ok(Mode::Comparing {
+                stable: Box::new(stable),
+                matched: 0,
+                chunk: Vec::new(),
+            });
+        }
+        match ChunkWriter::create(fs, &dir.tmp(), options, stamp) {
+            Ok(writer) => Ok(Mode::Writing(Box::new(writer))),
+            Err(e) => {
+                // The tmp file may exist with part of its placeholder header.
+                remove_if_present(fs, &dir.tmp());
+                Err(e)
+            }
+        }
     }
 
     pub fn dir(&self) -> &TableDir {
@@ -115,6 +219,10 @@ impl PersistSession {
     /// How many rows the table has (a hint for the compressor; 0 when unknown).
     pub fn expect_rows(&mut self, rows: u64) {
         self.expected_rows = rows;
+        if let Some(builder) = self.builder.take() {
+            let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+            self.builder = Some(IndexBuilder::with_capacity(builder.seed(), rows));
+        }
         if let Some(Mode::Writing(writer)) = &mut self.mode {
             writer.expect_rows(rows);
         }
@@ -145,9 +253,19 @@ impl PersistSession {
         if raw.len() as u64 > MAX_CHUNK_LEN {
             return Err(Error::without_path(Reason::ChunkTooLarge));
         }
+        if let Some(Mode::Diffing(diffing)) = self.mode.as_mut() {
+            return diffing.add(raw);
+        }
         self.digest.update(raw);
+        if self
+            .builder
+            .as_mut()
+            .is_some_and(|b| b.add_chunk(raw).is_err())
+        {
+            self.builder = None;
+        }
         match self.mode.as_mut() {
-            None => Err(Error::without_path(Reason::Closed)),
+            None | Some(Mode::Diffing(_)) => Err(Error::without_path(Reason::Closed)),
             Some(Mode::Writing(writer)) => writer.append(raw, rows),
             Some(Mode::Comparing {
                 stable,
@@ -212,6 +330,18 @@ impl PersistSession {
     /// as they were (or, if the error came from the final directory fsync, the new file is
     /// installed but maybe not yet durable).
     pub fn commit(&mut self) -> Result<CommitOutcome> {
+        let outcome = self.commit_mode()?;
+        self.outcome = Some(outcome);
+        Ok(outcome)
+    }
+
+    fn commit_mode(&mut self) -> Result<CommitOutcome> {
+        if let Some(Mode::Diffing(_)) = self.mode {
+            let Some(Mode::Diffing(diffing)) = self.mode.take() else {
+                return Err(Error::without_path(Reason::Closed));
+            };
+            return self.commit_changes(*diffing);
+        }
         let digest = self.digest.digest128().to_le_bytes();
         if let Some(Mode::Comparing { stable, .. }) = self.mode.as_mut() {
             let Some(h) = stable.header().current().copied() else {
@@ -228,7 +358,10 @@ impl PersistSession {
                 self.fs
                     .sync_dir(self.dir.root())
                     .map_err(|e| Error::io(&e, self.dir.root()))?;
-                self.committed = true;
+                let len = self.fs.metadata(&self.dir.stable()).map(|m| m.len);
+                if let Ok(len) = len {
+                    self.leave_baseline(&h, len);
+                }
                 return Ok(CommitOutcome::Unchanged);
             }
             if let Err(e) = self.start_writing(false) {
@@ -239,18 +372,100 @@ impl PersistSession {
         let Some(Mode::Writing(writer)) = self.mode.take() else {
             return Err(Error::without_path(Reason::Closed));
         };
-        let result = writer
-            .finish(digest)
-            .and_then(|_| install_tmp_as_stable(self.fs.as_ref(), &self.dir, self.max_quarantined));
+        let result = writer.finish(digest).and_then(|header| {
+            install_tmp_as_stable(self.fs.as_ref(), &self.dir, self.max_quarantined)?;
+            Ok(header)
+        });
         match result {
-            Ok(()) => {
-                self.committed = true;
+            Ok(header) => {
+                let len = header.encode().len() as u64 + header.payload_len;
+                self.leave_baseline(&header, len);
                 Ok(CommitOutcome::Written)
             }
             Err(e) => {
                 remove_if_present(self.fs.as_ref(), &self.dir.tmp());
                 Err(e)
             }
+        }
+    }
+
+    /// After a full file's commit: the index built from its chunks, with no log, becomes
+    /// the directory's baseline.
+    fn leave_baseline(&mut self, header: &HeaderV2, file_len: u64) {
+        let (Some(baselines), Some(builder)) = (&self.config.baselines, self.builder.take()) else {
+            return;
+        };
+        if let Ok(index) = builder.finish() {
+            let base = BaseId::of(header, file_len);
+            baselines.put(
+                &self.dir,
+                Baseline {
+                    index,
+                    base,
+                    log: None,
+                },
+            );
+        }
+    }
+
+    /// Appends the table's difference from the baseline to the log (nothing when there is
+    /// none) and leaves the baseline brought up to date. `restart` when the record would be
+    /// malformed or take the log past its compaction threshold.
+    fn commit_changes(&mut self, diffing: Diffing) -> Result<CommitOutcome> {
+        let mut diffing = diffing;
+        diffing.verify()?;
+        let Diffing {
+            diff,
+            base,
+            log,
+            room,
+            ..
+        } = diffing;
+        let (mut index, changes) = diff.finish_owned();
+        let changes = changes.map_err(|_| restart())?;
+        if changes.is_empty() {
+            self.fs
+                .sync_dir(self.dir.root())
+                .map_err(|e| Error::io(&e, self.dir.root()))?;
+            self.put_baseline(Baseline { index, base, log });
+            return Ok(CommitOutcome::Unchanged);
+        }
+        let header = match &log {
+            Some(log) => log.header,
+            None => LogHeader {
+                base_sequence: base.sequence,
+                base_digest: base.content_digest,
+                hash_seed: index.seed(),
+                created_unix_us: self.stamp.created_unix_us,
+            },
+        };
+        let sequence = log.as_ref().map_or(1, |l| l.records + 1);
+        let record = encode_record(&header, sequence, changes.upserts(), changes.deletes())
+            .map_err(|_| restart())?;
+        let new_header_len = if log.is_none() {
+            header.encode().len()
+        } else {
+            0
+        };
+        if (record.len() + new_header_len) as u64 > room {
+            return Err(restart());
+        }
+        let log = append_record(self.fs.as_ref(), &self.dir, log.as_ref(), &header, &record)?;
+        // The record is durable: a failure to update the index only costs the next persist
+        // a full write.
+        if index.apply(&changes).is_ok() {
+            self.put_baseline(Baseline {
+                index,
+                base,
+                log: Some(log),
+            });
+        }
+        Ok(CommitOutcome::Appended(record.len() as u64))
+    }
+
+    fn put_baseline(&self, baseline: Baseline) {
+        if let Some(baselines) = &self.config.baselines {
+            baselines.put(&self.dir, baseline);
         }
     }
 
@@ -261,8 +476,12 @@ impl PersistSession {
         max_snapshots: usize,
         new_id: &mut dyn FnMut() -> Result<SnapshotId>,
     ) -> Result<SnapshotId> {
-        if !self.committed {
-            return Err(Error::without_path(Reason::Closed));
+        match self.outcome {
+            Some(CommitOutcome::Written | CommitOutcome::Unchanged) => {}
+            // A snapshot copies the stable file, which alone is the state only after a full
+            // commit: a persist that snapshots is begun with `full`.
+            Some(CommitOutcome::Appended(_)) => return Err(Error::without_path(Reason::Internal)),
+            None => return Err(Error::without_path(Reason::Closed)),
         }
         snapshot_stable(self.fs.as_ref(), &self.dir, max_snapshots, new_id)
     }
@@ -364,3 +583,75 @@ fn is_comparable(stable: &TableFile, options: WriteOptions) -> bool {
             && writes_codec(options.level, h.codec)
     })
 }
+
+fn restart() -> Error {
+    Error::without_path(Reason::Restart)
+}
+
+fn random_seed() -> Result<u64> {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|_| Error::without_path(Reason::Os("eio")))?;
+    Ok(u64::from_le_bytes(raw))
+}
+
+fn exists(fs: &dyn Fs, path: &std::path::Path) -> bool {
+    !matches!(fs.metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// `baseline` if it still describes the directory: its base is the stable file (by
+/// sequence and content digest) and its log is as it left it.
+fn usable(fs: &dyn Fs, baseline: Baseline, stable: &HeaderV2) -> Option<Baseline> {
+    let log_ok = baseline
+        .log
+        .as_ref()
+        .is_none_or(|log| log_unchanged(fs, log));
+    (baseline.base.is(stable) && log_ok).then_some(baseline)
+}
+
+impl Diffing {
+    fn new(baseline: Baseline, stable: TableFile, fs: Arc<dyn Fs>, log_compaction: f64) -> Self {
+        let limit = (baseline.base.file_len as f64 * log_compaction) as u64;
+        let used = baseline.log.as_ref().map_or(0, |l| l.valid_len);
+        Diffing {
+            diff: baseline.index.into_diff(),
+            base: baseline.base,
+            log: baseline.log,
+            room: limit.saturating_sub(used),
+            unverified: Some((stable, fs)),
+        }
+    }
+
+    /// Verifies the base and its log, once, as a full persist verifies the stable file it
+    /// compares with: nothing is appended to a base or a log that does not verify (a rotten
+    /// base would lose the record at restore, a rotten record every record after it). A
+    /// failure is `restart`: the full write that follows replaces them.
+    ///
+    /// Done with the first chunk, in the writer thread, where it overlaps with the caller
+    /// reading the table.
+    fn verify(&mut self) -> Result<()> {
+        let Some((mut stable, fs)) = self.unverified.take() else {
+            return Ok(());
+        };
+        stable.verify().map_err(|_| restart())?;
+        match &self.log {
+            Some(log) if !log_verifies(fs.as_ref(), log) => Err(restart()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Compares one chunk. `restart` as soon as the changes clearly will not fit: their raw
+    /// bytes beyond what a record of them could compress to, or beyond a record's limit.
+    fn add(&mut self, raw: &[u8]) -> Result<()> {
+        self.verify()?;
+        self.diff.add_chunk(raw).map_err(|_| restart())?;
+        let pending = self.diff.upsert_bytes() as u64;
+        if pending > MAX_RECORD_BYTES as u64 || pending > self.room.saturating_mul(RAW_PER_STORED) {
+            return Err(restart());
+        }
+        Ok(())
+    }
+}
+
+/// How much larger than their record the raw pairs of a change may be before a persist gives
+/// up on the log early (zstd rarely shrinks a record's pairs more than this).
+const RAW_PER_STORED: u64 = 8;

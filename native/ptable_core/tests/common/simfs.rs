@@ -289,6 +289,7 @@ impl State {
 pub enum CallKind {
     Create,
     Open,
+    OpenAppend,
     Read,
     WriteAll,
     WriteAt,
@@ -307,7 +308,11 @@ impl CallKind {
     pub fn mutates(&self) -> bool {
         !matches!(
             self,
-            CallKind::Open | CallKind::Read | CallKind::ReadDir | CallKind::Metadata
+            CallKind::Open
+                | CallKind::OpenAppend
+                | CallKind::Read
+                | CallKind::ReadDir
+                | CallKind::Metadata
         )
     }
 }
@@ -600,6 +605,22 @@ impl Fs for SimFs {
             path: path.to_path_buf(),
             data,
             pos: 0,
+        }))
+    }
+
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn WriteFile>> {
+        let mut s = self.lock();
+        SimFs::enter(&mut s, CallKind::OpenAppend, path)?;
+        let ino = s.state.lookup(path)?;
+        let Some(file) = s.state.file(ino) else {
+            return Err(not_a_regular_file());
+        };
+        let cursor = file.current.len() as u64;
+        Ok(Box::new(SimWriteFile {
+            fs: self.clone(),
+            ino,
+            path: path.to_path_buf(),
+            cursor,
         }))
     }
 
