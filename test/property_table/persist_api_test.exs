@@ -27,13 +27,23 @@ defmodule PropertyTable.PersistApiTest do
       assert File.regular?(stable_path(dir))
       refute File.exists?(tmp_path(dir))
       assert {:ok, sort(data)} == restore_fresh(opts(dir))
-      # The next persist of changed contents keeps the first file as the backup.
+      # A small change goes to the change log; the stable file stays as it is.
       refute File.exists?(backup_path(dir))
       first = File.read!(stable_path(dir))
       insert_pairs(table, [{["changed"], true}])
       assert :ok = Persist.persist_to_disk(table, opts(dir))
-      assert File.read!(backup_path(dir)) == first
+      assert File.read!(stable_path(dir)) == first
+      assert File.regular?(log_path(dir))
       assert {:ok, sort([{["changed"], true} | data])} == restore_fresh(opts(dir))
+      # A full write (here forced by turning the log off) keeps the first file as the
+      # backup, and its log beside it.
+      log = File.read!(log_path(dir))
+      insert_pairs(table, [{["changed"], false}])
+      assert :ok = Persist.persist_to_disk(table, opts(dir, log_compaction: 0))
+      assert File.read!(backup_path(dir)) == first
+      assert File.read!(backup_log_path(dir)) == log
+      refute File.exists?(log_path(dir))
+      assert {:ok, sort([{["changed"], false} | data])} == restore_fresh(opts(dir))
       refute File.exists?(tmp_path(dir))
     end
 

@@ -9,15 +9,14 @@ defmodule PropertyTable.Persist.NativeHelpers do
   @doc "Starts a persist with no row count hint, the default `:max_quarantined` and no change log."
   @spec persist_begin(String.t(), 0..9, pos_integer()) :: Native.answer(Native.session())
   def persist_begin(dir, level, chunk_rows) do
-    Native.persist_begin(
-      dir,
-      level,
-      chunk_rows,
-      0,
-      Options.defaults()[:max_quarantined],
-      0.0,
-      false
-    )
+    Native.persist_begin(dir, %{
+      level: level,
+      chunk_rows: chunk_rows,
+      expected_rows: 0,
+      max_quarantined: Options.defaults()[:max_quarantined],
+      log_compaction: 0.0,
+      full: false
+    })
   end
 
   @doc "Commits without ending the session."

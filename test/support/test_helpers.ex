@@ -19,6 +19,11 @@ defmodule PropertyTable.Persist.TestHelpers do
   def stable_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @stable)
   def backup_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @backup)
   def tmp_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), @tmp)
+  def log_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), "data.ptable.log")
+
+  def backup_log_path(dir, name \\ "t"),
+    do: Path.join(table_dir(dir, name), "data.ptable.backup.log")
+
   def snapshots_path(dir, name \\ "t"), do: Path.join(table_dir(dir, name), "snapshots")
   def snapshot_path(dir, id, name \\ "t"), do: Path.join(snapshots_path(dir, name), id)
 

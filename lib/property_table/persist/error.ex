@@ -52,6 +52,15 @@ defmodule PropertyTable.Persist.Error do
   def describe(:chunk_too_large),
     do: "the rows of one chunk encode to more than the format's 256 MiB (lower :chunk_size)"
 
+  def describe(:log_tail),
+    do:
+      "the change log's records from the first that does not verify on were not applied " <>
+        "(one torn by a power cut was never acknowledged; a damaged one loses its changes " <>
+        "and those of later records)"
+
+  def describe(:restart),
+    do: "internal: the change log could not take this persist (it is retried as a full write)"
+
   def describe(reason) when is_atom(reason) do
     case :file.format_error(reason) do
       ~c"unknown POSIX error" ++ _ -> Atom.to_string(reason)

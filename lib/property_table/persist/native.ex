@@ -25,6 +25,15 @@ defmodule PropertyTable.Persist.Native do
   @type rows :: {:ok, [tuple()]} | {:last, [tuple()]} | :done | {:error, failure()}
   @typedoc "A snapshot as listed: `sequence` is `nil` for legacy and unreadable files."
   @type snapshot :: %{id: String.t(), sequence: non_neg_integer() | nil, created_us: integer()}
+  @typedoc "How to persist (see `persist_begin/2`)."
+  @type persist_args :: %{
+          level: 0..9,
+          chunk_rows: pos_integer(),
+          expected_rows: non_neg_integer(),
+          max_quarantined: pos_integer(),
+          log_compaction: float(),
+          full: boolean()
+        }
   @typedoc "A persist in progress (a NIF resource)."
   @type session :: reference()
   @typedoc "A verified file being restored (a NIF resource)."
@@ -61,32 +70,16 @@ defmodule PropertyTable.Persist.Native do
 
   @doc """
   Starts a persist of table directory `dir`: takes its lock (`:busy` when another writer
-  has it). `expected_rows` (the table's size, 0 if unknown) only sizes the compressor;
-  `max_quarantined` bounds the corrupt files kept when the commit moves one aside.
+  has it). Of `args`: `level` and `chunk_rows` are the file's compression level and rows
+  per chunk; `expected_rows` (the table's size, 0 if unknown) only sizes the compressor;
+  `max_quarantined` bounds the corrupt files kept when the commit moves one aside;
   `log_compaction` (a float; 0.0 turns the change log off) is how large the log may grow,
   as a fraction of the base file; `full` writes a full file whatever changed. Appends and
   the commit answer `:restart` (an error reason) when the change belongs in a full file:
   the caller then persists again with `full`.
   """
-  @spec persist_begin(
-          binary(),
-          0..9,
-          pos_integer(),
-          non_neg_integer(),
-          pos_integer(),
-          float(),
-          boolean()
-        ) :: answer(session())
-  def persist_begin(
-        _dir,
-        _level,
-        _chunk_rows,
-        _expected_rows,
-        _max_quarantined,
-        _log_compaction,
-        _full
-      ),
-      do: :erlang.nif_error(:nif_not_loaded)
+  @spec persist_begin(binary(), persist_args()) :: answer(session())
+  def persist_begin(_dir, _args), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
   Queues a chunk for the writer thread. The usual case (room in the queue) stays on the

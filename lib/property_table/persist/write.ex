@@ -61,15 +61,14 @@ defmodule PropertyTable.Persist.Write do
   end
 
   defp begin_persist(dir, opts, rows, full) do
-    Native.persist_begin(
-      dir,
-      opts.compression,
-      opts.chunk_size,
-      rows,
-      opts.max_quarantined,
-      opts.log_compaction,
-      full
-    )
+    Native.persist_begin(dir, %{
+      level: opts.compression,
+      chunk_rows: opts.chunk_size,
+      expected_rows: rows,
+      max_quarantined: opts.max_quarantined,
+      log_compaction: opts.log_compaction,
+      full: full
+    })
   end
 
   defp take_snapshot(session, opts) do

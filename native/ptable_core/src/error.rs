@@ -34,6 +34,10 @@ pub enum Reason {
     /// apart): nothing was written, and the caller streams the table again into a persist
     /// that writes a full file.
     Restart,
+    /// A change log's records from one that does not verify on were not applied (a record
+    /// torn by a power cut was never acknowledged; a damaged one loses its changes and
+    /// those of the records after it). Reported with the files a restore skipped.
+    LogTail,
     /// An operating-system error, named like the POSIX errno (`eacces`, `enospc`, ...).
     Os(&'static str),
 }
@@ -52,6 +56,7 @@ impl Reason {
             Reason::Internal => "internal_error",
             Reason::ChunkTooLarge => "chunk_too_large",
             Reason::Restart => "restart",
+            Reason::LogTail => "log_tail",
             Reason::Os(name) => name,
         }
     }

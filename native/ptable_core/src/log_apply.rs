@@ -125,6 +125,19 @@ impl LogPlan {
         self.latest.get(&property_hash) == Some(&Latest::Upsert { sequence, index })
     }
 
+    /// Records with at least one upsert that is its row's latest operation.
+    pub fn records_with_final_upserts(&self) -> u64 {
+        let records: std::collections::HashSet<u64> = self
+            .latest
+            .values()
+            .filter_map(|l| match l {
+                Latest::Upsert { sequence, .. } => Some(*sequence),
+                Latest::Delete => None,
+            })
+            .collect();
+        records.len() as u64
+    }
+
     /// Rows the log leaves upserted.
     pub fn final_upserts(&self) -> usize {
         self.latest

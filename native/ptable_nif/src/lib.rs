@@ -7,7 +7,7 @@ use ptable_core::{
 };
 use rustler::{Binary, Encoder, Env, Resource, ResourceArc, Term};
 use std::sync::{Arc, LazyLock};
-use terms::{answer, Answer, FileInfo, RawPath, Snapshot, Status};
+use terms::{answer, Answer, FileInfo, PersistArgs, RawPath, Snapshot, Status};
 
 mod restore;
 mod terms;
@@ -24,28 +24,19 @@ impl Resource for SessionResource {}
 
 /// What this VM knows of each table directory's persisted state: the change indexes that let
 /// a persist append only what changed.
-static BASELINES: LazyLock<Arc<Baselines>> = LazyLock::new(Default::default);
+pub(crate) static BASELINES: LazyLock<Arc<Baselines>> = LazyLock::new(Default::default);
 
 /// Starts a persist of the table directory `dir`: creates it, takes its lock (`busy` if
 /// another writer has it). Encodes its answer itself: a resource is not unwind-safe, so a
 /// NIF cannot return one inside a value.
 #[rustler::nif(schedule = "DirtyIo")]
-fn persist_begin<'a>(
-    env: Env<'a>,
-    dir: RawPath,
-    level: u8,
-    chunk_rows: u32,
-    expected_rows: u64,
-    max_quarantined: u64,
-    log_compaction: f64,
-    full: bool,
-) -> Term<'a> {
-    let (dir, options) = (TableDir::new(dir.0), WriteOptions { level, chunk_rows });
-    let keep = count_limit(max_quarantined);
+fn persist_begin<'a>(env: Env<'a>, dir: RawPath, args: PersistArgs) -> Term<'a> {
+    let options = WriteOptions { level: args.level, chunk_rows: args.chunk_rows };
+    let keep = count_limit(args.max_quarantined);
     let baselines = Some(Arc::clone(&BASELINES));
-    let config = PersistConfig { baselines, log_compaction, full };
-    let pipeline =
-        PersistPipeline::begin(Arc::new(StdFs), dir, options, expected_rows, keep, config);
+    let config = PersistConfig { baselines, log_compaction: args.log_compaction, full: args.full };
+    let (fs, dir, rows) = (Arc::new(StdFs), TableDir::new(dir.0), args.expected_rows);
+    let pipeline = PersistPipeline::begin(fs, dir, options, rows, keep, config);
     answer(pipeline.map(|p| ResourceArc::new(SessionResource(p)))).encode(env)
 }
 

@@ -5,9 +5,11 @@
 
 use crate::terms::{answer, Answer, Failure, Name, RawPath, Status};
 use ptable_core::etf::uncompressed_term;
+use ptable_core::pipeline::{BaselineKeeper, Replay};
 use ptable_core::{count_limit, open_newest_valid, restore_parts, RestorePipeline, StdFs};
-use ptable_core::{Step, TableDir};
+use ptable_core::{SourceKind, Step, TableDir};
 use rustler::{Encoder, Env, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term};
+use std::sync::Arc;
 
 const BAD_FILE: Name = Name("bad_file");
 
@@ -51,19 +53,25 @@ enum Rows<'a> {
     Error(Failure),
 }
 
-/// Opens the newest file of `dir` that verifies completely, moving corrupt stable/backup
-/// files aside (keeping `max_quarantined`). Encodes its answer itself, as `persist_begin`.
+/// Opens the newest file of `dir` that verifies completely and the change log continuing
+/// it (read once, to know which rows it supersedes), moving corrupt stable/backup files
+/// aside (keeping `max_quarantined`). Restoring the stable file leaves the directory's
+/// baseline for the next persist. Encodes its answer itself, as `persist_begin`.
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
-    let keep = Some(count_limit(max_quarantined));
-    let (found, skipped, quarantined) =
-        restore_parts(open_newest_valid(&StdFs, &TableDir::new(dir.0), keep));
+    let (keep, dir) = (Some(count_limit(max_quarantined)), TableDir::new(dir.0));
+    let (found, mut skipped, quarantined) = restore_parts(open_newest_valid(&StdFs, &dir, keep));
+    let replay = found.and_then(|(file, kind, log)| {
+        let baselines = Arc::clone(&crate::BASELINES);
+        let keeper = (kind == SourceKind::Stable).then_some(BaselineKeeper { baselines, dir });
+        Ok((Replay::new(file, log, keeper, &mut skipped)?, kind))
+    });
     RestoreOpen {
-        file: answer(found).map(|(file, kind)| Source {
+        file: answer(replay).map(|(replay, kind)| Source {
             kind: Name(kind.as_str()),
-            path: RawPath(file.path().to_path_buf()),
-            chunks: file.chunks_left(),
-            reader: ResourceArc::new(ReaderResource(RestorePipeline::new(file))),
+            path: RawPath(replay.file().path().to_path_buf()),
+            chunks: replay.chunks_left(),
+            reader: ResourceArc::new(ReaderResource(RestorePipeline::replaying(replay))),
         }),
         skipped: skipped.into_iter().map(Failure::from).collect(),
         quarantined: quarantined.into_iter().map(RawPath).collect(),

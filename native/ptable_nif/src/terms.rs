@@ -51,6 +51,18 @@ impl From<Error> for Failure {
     }
 }
 
+/// How to persist: `%{level, chunk_rows, expected_rows, max_quarantined, log_compaction,
+/// full}` (see `PropertyTable.Persist.Native.persist_begin/2`).
+#[derive(NifMap)]
+pub struct PersistArgs {
+    pub level: u8,
+    pub chunk_rows: u32,
+    pub expected_rows: u64,
+    pub max_quarantined: u64,
+    pub log_compaction: f64,
+    pub full: bool,
+}
+
 /// `{:ok, value}` or `{:error, failure}`.
 pub type Answer<T> = Result<T, Failure>;
 

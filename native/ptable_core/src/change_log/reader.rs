@@ -71,6 +71,11 @@ impl<R: Read> LogReader<R> {
         }
     }
 
+    /// The input, positioned wherever reading left it.
+    pub fn into_inner(self) -> R {
+        self.input
+    }
+
     pub fn header(&self) -> &LogHeader {
         &self.header
     }

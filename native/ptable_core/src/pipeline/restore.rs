@@ -6,6 +6,7 @@
 //! consumer needs no further step to learn that the file was whole; a failure is always a
 //! final [`Step::Failed`], never a chunk marked last.
 
+use super::replay::Replay;
 use crate::error::{Error, Reason, Result};
 use crate::reader::TableFile;
 use parking_lot::{Condvar, Mutex};
@@ -59,7 +60,7 @@ pub struct RestorePipeline {
 
 enum ReaderState {
     /// Chunks are read on demand by `pull`.
-    Ready(Box<TableFile>),
+    Ready(Box<Replay>),
     /// A thread owns the file and hands the steps over (`stream`).
     Streaming(RowStream),
     /// Every chunk was handed out: later pulls get [`Step::Done`].
@@ -70,8 +71,13 @@ enum ReaderState {
 impl RestorePipeline {
     /// `file` must have been verified (see [`crate::open_newest_valid`]) and rewound.
     pub fn new(file: TableFile) -> Self {
+        Self::replaying(Replay::base_only(file))
+    }
+
+    /// A base file and its change log (see [`Replay`]).
+    pub fn replaying(replay: Replay) -> Self {
         RestorePipeline {
-            state: Mutex::new(ReaderState::Ready(Box::new(file))),
+            state: Mutex::new(ReaderState::Ready(Box::new(replay))),
         }
     }
 
@@ -79,8 +85,8 @@ impl RestorePipeline {
     /// closed gives `Failed(closed)`.
     pub fn pull(&self, sink: &mut impl StepSink) {
         let mut state = self.state.lock();
-        let file = match &mut *state {
-            ReaderState::Ready(file) => file,
+        let replay = match &mut *state {
+            ReaderState::Ready(replay) => replay,
             ReaderState::Done => {
                 sink.take(Step::Done);
                 return;
@@ -90,8 +96,7 @@ impl RestorePipeline {
                 return;
             }
         };
-        let mut buffer = Vec::new();
-        let step = next_step(file, &mut buffer);
+        let step = replay.next_step();
         let (done, failed) = match step {
             Step::Chunk { last, .. } => (last, false),
             Step::Done => (true, false),
@@ -111,21 +116,21 @@ impl RestorePipeline {
     /// `Failed(internal_error)`: the consumer never waits for a step that does not come.
     pub fn stream<S: StepSink + Send + 'static>(&self, mut sink: S) -> Result<()> {
         let mut state = self.state.lock();
-        let file = match std::mem::replace(&mut *state, ReaderState::Closed) {
-            ReaderState::Ready(file) => file,
+        let replay = match std::mem::replace(&mut *state, ReaderState::Closed) {
+            ReaderState::Ready(replay) => replay,
             other => {
                 *state = other;
                 return Err(Error::without_path(Reason::Closed));
             }
         };
-        let path = file.path().to_path_buf();
+        let path = replay.file().path().to_path_buf();
         let credits = Arc::new(Credits::new(STREAMED_CHUNKS));
         let thread_credits = Arc::clone(&credits);
         let thread = std::thread::Builder::new()
             .name("ptable_reader".into())
             .spawn(move || {
                 let finished = catch_unwind(AssertUnwindSafe(|| {
-                    stream_steps(file, &mut sink, &thread_credits)
+                    stream_steps(replay, &mut sink, &thread_credits)
                 }));
                 if finished.is_err() {
                     sink.take(Step::Failed(Error::without_path(Reason::Internal)));
@@ -175,45 +180,13 @@ impl RestorePipeline {
 
 /// The reader thread's loop: one step per credit, until a final step, a sink that stops it
 /// or a cancelled stream.
-fn stream_steps(mut file: Box<TableFile>, sink: &mut impl StepSink, credits: &Credits) {
-    let mut buffer = Vec::new();
+fn stream_steps(mut replay: Box<Replay>, sink: &mut impl StepSink, credits: &Credits) {
     while credits.take() {
-        let step = next_step(&mut file, &mut buffer);
+        let step = replay.next_step();
         let more = matches!(step, Step::Chunk { last: false, .. });
         if !sink.take(step) || !more {
             return;
         }
-    }
-}
-
-/// Reads, decompresses and checks the next chunk into `buffer`; for the last one, also
-/// checks the end of the file.
-fn next_step<'a>(file: &'a mut TableFile, buffer: &'a mut Vec<u8>) -> Step<'a> {
-    let chunk = file.next_chunk(|len| {
-        buffer.clear();
-        buffer.try_reserve_exact(len).ok()?;
-        buffer.resize(len, 0);
-        Some(buffer.as_mut_slice())
-    });
-    let rows = match chunk {
-        Ok(Some(chunk)) => chunk.rows,
-        Ok(None) => return Step::Done,
-        Err(e) => return Step::Failed(e),
-    };
-    let last = file.chunks_left() == 0;
-    if last {
-        match file.next_chunk(|_| None::<Vec<u8>>) {
-            Ok(None) => {}
-            Ok(Some(_)) => return Step::Failed(Error::new(Reason::BadFile, file.path())),
-            Err(e) => return Step::Failed(e),
-        }
-    }
-    let file: &'a TableFile = file;
-    Step::Chunk {
-        data: buffer.as_slice(),
-        rows,
-        last,
-        path: file.path(),
     }
 }
 

@@ -26,7 +26,7 @@ mod restore;
 mod snapshots;
 
 pub use baseline::{BaseId, Baseline, Baselines, LogState};
-pub use log::{find_log, FoundLog};
+pub use log::{find_log, open_log, FileLogReader, FoundLog};
 pub use persist::{CommitOutcome, PersistConfig, PersistSession};
 pub use quarantine::{quarantined_files, utc_compact, DEFAULT_MAX_QUARANTINED};
 pub use restore::{open_newest_valid, restore_parts, RestoreFailure, RestoreSource, SourceKind};

@@ -1,5 +1,6 @@
 //! Choosing the file a restore reads: the newest one that verifies completely.
 
+use super::log::{find_log, FoundLog};
 use super::quarantine::quarantine_file;
 use super::{lock_dir, open_verified, TableDir};
 use crate::error::{Error, Reason, Result};
@@ -26,10 +27,13 @@ impl SourceKind {
     }
 }
 
-/// The verified file a restore reads, and the files that failed before it.
+/// The verified file a restore reads, the log that continues it, and the files that failed
+/// before it.
 pub struct RestoreSource {
     pub file: TableFile,
     pub kind: SourceKind,
+    /// The change log whose header names `file`, read past its header.
+    pub log: Option<FoundLog>,
     pub failures: Vec<Error>,
     /// Where corrupt files were moved (see [`open_newest_valid`]).
     pub quarantined: Vec<PathBuf>,
@@ -47,18 +51,24 @@ pub struct RestoreFailure {
 
 /// What [`open_newest_valid`] found, taken apart the same way whatever the outcome: the file
 /// and its kind (or why there is none), the files that failed, and where corrupt ones went.
+#[allow(clippy::type_complexity)]
 pub fn restore_parts(
     found: std::result::Result<RestoreSource, RestoreFailure>,
-) -> (Result<(TableFile, SourceKind)>, Vec<Error>, Vec<PathBuf>) {
+) -> (
+    Result<(TableFile, SourceKind, Option<FoundLog>)>,
+    Vec<Error>,
+    Vec<PathBuf>,
+) {
     match found {
-        Ok(s) => (Ok((s.file, s.kind)), s.failures, s.quarantined),
+        Ok(s) => (Ok((s.file, s.kind, s.log)), s.failures, s.quarantined),
         Err(none) => (Err(none.error), none.failures, none.quarantined),
     }
 }
 
 /// Finds the newest file that verifies completely: stable, then backup, then a complete tmp
-/// file. The returned file is rewound to its first chunk and stays open, so a concurrent
-/// persist renaming files does not change what is read.
+/// file, and the change log that continues it (see `log`: a log that exists but cannot be
+/// read is among the failures). The returned file is rewound to its first chunk and stays
+/// open, so a concurrent persist renaming files does not change what is read.
 ///
 /// With `quarantine: Some(max)`, a stable or backup file that is corrupt is moved aside to
 /// `<name>.corrupt-<UTC timestamp>` (keeping at most `max` such files) so that no later
@@ -101,12 +111,23 @@ pub fn open_newest_valid(
         _ => Vec::new(),
     };
     match found {
-        Some((file, kind)) => Ok(RestoreSource {
-            file,
-            kind,
-            failures,
-            quarantined,
-        }),
+        Some((file, kind)) => {
+            let log = match file.header().current() {
+                Some(header) => {
+                    let (log, log_failures) = find_log(fs, dir, header);
+                    failures.extend(log_failures);
+                    log
+                }
+                None => None,
+            };
+            Ok(RestoreSource {
+                file,
+                kind,
+                log,
+                failures,
+                quarantined,
+            })
+        }
         None => {
             let error = failures
                 .last()

@@ -1,0 +1,313 @@
+//! What a restore hands out: the chunks of a verified base file, less the rows its change
+//! log supersedes, then the log's final upserts (see `log_apply`), one chunk per record
+//! that has any. Each row of the result is handed out once. On the way it rebuilds the
+//! change index of the state it restores, and once every chunk is handed out leaves it as
+//! the directory's baseline, so the next persist appends only what changed.
+
+use super::restore::Step;
+use crate::change_index::{pair_hash, IndexBuilder, RowHash};
+use crate::change_log::LogStop;
+use crate::error::{Error, Reason, Result};
+use crate::etf_rows;
+use crate::log_apply::LogPlan;
+use crate::reader::TableFile;
+use crate::table_dir::{BaseId, Baseline, Baselines, FileLogReader, FoundLog, LogState, TableDir};
+use std::io::{Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where a restore leaves the baseline it rebuilt.
+pub struct BaselineKeeper {
+    pub baselines: Arc<Baselines>,
+    pub dir: TableDir,
+}
+
+/// A log read once into its plan, and its reader rewound for the second pass.
+struct LogReplay {
+    plan: LogPlan,
+    reader: FileLogReader,
+    path: PathBuf,
+    state: LogState,
+    /// Log chunks still to hand out (records with a final upsert).
+    chunks_left: u64,
+}
+
+/// A verified base file and the log records that follow it.
+pub struct Replay {
+    file: TableFile,
+    log: Option<LogReplay>,
+    /// Hash seed of the rebuilt index: the log's, since its deletes are hashes.
+    seed: u64,
+    builder: Option<IndexBuilder>,
+    keeper: Option<BaselineKeeper>,
+    in_log: bool,
+    buffer: Vec<u8>,
+    filtered: Vec<u8>,
+}
+
+/// A log's records from the first that did not verify on are not applied: the error that
+/// says so (reported with the files a restore skipped).
+pub fn log_stop_error(stop: Option<LogStop>, path: &std::path::Path) -> Option<Error> {
+    match stop {
+        Some(LogStop::Invalid { .. }) => Some(Error::new(Reason::LogTail, path)),
+        _ => None,
+    }
+}
+
+impl Replay {
+    /// A base file alone.
+    pub fn base_only(file: TableFile) -> Self {
+        Replay {
+            file,
+            log: None,
+            seed: 0,
+            builder: None,
+            keeper: None,
+            in_log: false,
+            buffer: Vec::new(),
+            filtered: Vec::new(),
+        }
+    }
+
+    /// `file` (verified and rewound) and the log continuing it, read once now into its
+    /// plan (records up to the first that does not verify: that one is pushed onto
+    /// `failures`). With a `keeper`, the index of the restored state is rebuilt and left as
+    /// the directory's baseline once the last chunk is handed out. An I/O error reading the
+    /// log is an error: taking it for the end of the log would drop durable records.
+    pub fn new(
+        file: TableFile,
+        log: Option<FoundLog>,
+        keeper: Option<BaselineKeeper>,
+        failures: &mut Vec<Error>,
+    ) -> Result<Self> {
+        let mut replay = Replay::base_only(file);
+        if let Some(found) = log {
+            let log = read_plan(found, failures)?;
+            replay.seed = log.state.header.hash_seed;
+            replay.log = Some(log);
+        } else if keeper.is_some() {
+            replay.seed = random_seed()?;
+        }
+        let is_current = replay.file.header().current().is_some();
+        if keeper.is_some() && is_current {
+            replay.builder = Some(IndexBuilder::new(replay.seed));
+            replay.keeper = keeper;
+        }
+        Ok(replay)
+    }
+
+    /// The base file.
+    pub fn file(&self) -> &TableFile {
+        &self.file
+    }
+
+    /// Chunks left to hand out.
+    pub fn chunks_left(&self) -> u64 {
+        let log = self.log.as_ref().map_or(0, |l| l.chunks_left);
+        if self.in_log {
+            log
+        } else {
+            self.file.chunks_left() + log
+        }
+    }
+
+    /// The next step: a chunk of the base (its superseded rows left out), then the log's.
+    pub fn next_step(&mut self) -> Step<'_> {
+        if !self.in_log {
+            match self.next_base_chunk() {
+                Ok(Some(rows)) => return self.chunk_step(rows, false),
+                Ok(None) => self.in_log = true,
+                Err(e) => return Step::Failed(e),
+            }
+        }
+        match self.next_log_chunk() {
+            Ok(Some(rows)) => self.chunk_step(rows, true),
+            Ok(None) => {
+                // An empty state: no chunk was last.
+                self.leave_baseline();
+                Step::Done
+            }
+            Err(e) => Step::Failed(e),
+        }
+    }
+
+    fn chunk_step(&mut self, rows: Option<u64>, from_log: bool) -> Step<'_> {
+        let last = self.chunks_left() == 0;
+        if last {
+            self.leave_baseline();
+        }
+        let filtered = from_log || self.log.is_some();
+        let (data, path) = if filtered {
+            let path = match &self.log {
+                Some(log) if from_log => log.path.as_path(),
+                _ => self.file.path(),
+            };
+            (self.filtered.as_slice(), path)
+        } else {
+            (self.buffer.as_slice(), self.file.path())
+        };
+        Step::Chunk {
+            data,
+            rows,
+            last,
+            path,
+        }
+    }
+
+    /// Reads the base's next chunk into `buffer` (and, with a log, its rows the log does
+    /// not supersede into `filtered`); checks the end of the file after the last one.
+    /// `None` when no base chunk is left. Returns the chunk's row count.
+    fn next_base_chunk(&mut self) -> Result<Option<Option<u64>>> {
+        let buffer = &mut self.buffer;
+        let chunk = self.file.next_chunk(|len| {
+            buffer.clear();
+            buffer.try_reserve_exact(len).ok()?;
+            buffer.resize(len, 0);
+            Some(buffer.as_mut_slice())
+        });
+        let rows = match chunk {
+            Ok(Some(chunk)) => chunk.rows,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.file.chunks_left() == 0 {
+            // The end of the file (totals and whole-content digest) is checked before its
+            // last chunk is handed out.
+            if self.file.next_chunk(|_| None::<Vec<u8>>)?.is_some() {
+                return Err(Error::new(Reason::BadFile, self.file.path()));
+            }
+        }
+        if self.log.is_none() && self.builder.is_none() {
+            return Ok(Some(rows));
+        }
+        self.filter_base_chunk().map(|kept| Some(Some(kept)))
+    }
+
+    /// Indexes the base chunk's rows and, with a log, keeps in `filtered` those it does not
+    /// supersede. Returns how many rows are handed out.
+    fn filter_base_chunk(&mut self) -> Result<u64> {
+        let bad_file = || Error::new(Reason::BadFile, self.file.path());
+        let plan = self.log.as_ref().map(|l| &l.plan);
+        let mut kept = Vec::new();
+        let mut all = 0u64;
+        for pair in etf_rows::pairs(&self.buffer).map_err(|_| bad_file())? {
+            let pair = pair.map_err(|_| bad_file())?;
+            all += 1;
+            let row = RowHash::of(self.seed, &pair);
+            if plan.is_some_and(|p| p.supersedes(row.property)) {
+                continue;
+            }
+            if let Some(builder) = self.builder.as_mut() {
+                if builder.push(row).is_err() {
+                    self.builder = None;
+                }
+            }
+            kept.push(pair.bytes);
+        }
+        if plan.is_none() {
+            return Ok(all);
+        }
+        self.filtered.clear();
+        etf_rows::encode_list(kept.iter().copied(), &mut self.filtered).ok_or_else(bad_file)?;
+        Ok(kept.len() as u64)
+    }
+
+    /// Reads records (second pass, up to the plan's) until one has upserts that are their
+    /// row's latest operation, and encodes those into `filtered`.
+    fn next_log_chunk(&mut self) -> Result<Option<Option<u64>>> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(None);
+        };
+        while log.chunks_left > 0 {
+            let record = match log.reader.next_record() {
+                Ok(Some(record)) if record.sequence <= log.plan.records() => record,
+                // The record verified in the first pass: the file changed under the reader.
+                Ok(_) => return Err(Error::new(Reason::BadFile, &log.path)),
+                Err(e) => return Err(Error::io(&e, &log.path)),
+            };
+            let finals: Vec<_> = record
+                .upserts()
+                .enumerate()
+                .filter(|(i, u)| log.plan.is_final(record.sequence, *i, u.property_hash))
+                .map(|(_, u)| u)
+                .collect();
+            if finals.is_empty() {
+                continue;
+            }
+            log.chunks_left -= 1;
+            if let Some(builder) = self.builder.as_mut() {
+                let pushed = finals.iter().try_for_each(|u| {
+                    builder.push(RowHash {
+                        property: u.property_hash,
+                        pair: pair_hash(self.seed, u.pair),
+                    })
+                });
+                if pushed.is_err() {
+                    self.builder = None;
+                }
+            }
+            self.filtered.clear();
+            let pairs = finals.iter().map(|u| u.pair);
+            etf_rows::encode_list(pairs, &mut self.filtered)
+                .ok_or_else(|| Error::new(Reason::BadFile, &log.path))?;
+            return Ok(Some(Some(finals.len() as u64)));
+        }
+        Ok(None)
+    }
+
+    /// After the last chunk: the rebuilt index becomes the directory's baseline.
+    fn leave_baseline(&mut self) {
+        let (Some(keeper), Some(builder)) = (self.keeper.take(), self.builder.take()) else {
+            return;
+        };
+        let Some(header) = self.file.header().current() else {
+            return;
+        };
+        let Ok(index) = builder.finish() else {
+            return;
+        };
+        let file_len = header.encode().len() as u64 + header.payload_len;
+        let baseline = Baseline {
+            index,
+            base: BaseId::of(header, file_len),
+            log: self.log.as_ref().map(|l| l.state.clone()),
+        };
+        keeper.baselines.put(&keeper.dir, baseline);
+    }
+}
+
+/// Reads every record of the log into its plan, then rewinds it for the second pass.
+fn read_plan(mut found: FoundLog, failures: &mut Vec<Error>) -> Result<LogReplay> {
+    let path = found.path.clone();
+    let mut plan = LogPlan::new();
+    loop {
+        match found.reader.next_record() {
+            Ok(Some(record)) => plan
+                .add(&record)
+                .map_err(|_| Error::new(Reason::BadFile, &path))?,
+            Ok(None) => break,
+            Err(e) => return Err(Error::io(&e, &path)),
+        }
+    }
+    failures.extend(log_stop_error(found.reader.stop(), &path));
+    let state = found.state();
+    let mut input = found.reader.into_inner();
+    input
+        .seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(&e, &path))?;
+    let reader = crate::change_log::LogReader::open(input, &path)?;
+    let chunks_left = plan.records_with_final_upserts();
+    Ok(LogReplay {
+        plan,
+        reader,
+        path,
+        state,
+        chunks_left,
+    })
+}
+
+fn random_seed() -> Result<u64> {
+    let mut raw = [0u8; 8];
+    getrandom::fill(&mut raw).map_err(|_| Error::without_path(Reason::Os("eio")))?;
+    Ok(u64::from_le_bytes(raw))
+}
