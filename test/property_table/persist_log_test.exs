@@ -215,4 +215,65 @@ defmodule PropertyTable.PersistLogTest do
       assert {:ok, at_compaction} == restore_fresh(opts(dir))
     end)
   end
+
+  describe "a persist never appends to files it cannot trust" do
+    setup %{tmp_dir: dir} do
+      table = new_table(realistic_pairs(400, 11))
+      :ok = Persist.persist_to_disk(table, opts(dir, chunk_size: 50))
+      insert_pairs(table, [{["one"], 1}])
+      :ok = Persist.persist_to_disk(table, opts(dir, chunk_size: 50))
+      insert_pairs(table, [{["two"], 2}])
+      :ok = Persist.persist_to_disk(table, opts(dir, chunk_size: 50))
+      %{table: table, o: opts(dir, chunk_size: 50)}
+    end
+
+    # Bit rot: one byte changes, the length and modification time stay.
+    defp flip_byte(path, at) do
+      {mtime, 0} = System.cmd("stat", ["-c", "%.9Y", path])
+      bin = File.read!(path)
+      <<head::binary-size(at), byte, rest::binary>> = bin
+      File.write!(path, <<head::binary, Bitwise.bxor(byte, 0x10), rest::binary>>)
+      {_, 0} = System.cmd("touch", ["-d", "@" <> String.trim(mtime), path])
+    end
+
+    defp persist_change_and_restore(table, o, dir) do
+      insert_pairs(table, [{["three"], 3}])
+
+      capture_log(fn ->
+        assert :ok = Persist.persist_to_disk(table, o)
+        assert {:ok, pairs(table)} == restore_fresh(o)
+      end)
+
+      # What the persist left verifies completely.
+      for %{kind: kind, status: status} <- Persist.inspect_files(opts(dir)),
+          kind in [:stable] do
+        assert status == :ok
+      end
+    end
+
+    test "bytes appended to the log by someone else", %{tmp_dir: dir, table: table, o: o} do
+      File.write!(log_path(dir), "garbage", [:append])
+      persist_change_and_restore(table, o, dir)
+    end
+
+    test "a damaged record in the middle of the log", %{tmp_dir: dir, table: table, o: o} do
+      # Inside the first record's payload (the header is 56 bytes, a record's 48).
+      flip_byte(log_path(dir), 56 + 48 + 2)
+      persist_change_and_restore(table, o, dir)
+    end
+
+    test "a damaged chunk of the stable file", %{tmp_dir: dir, table: table, o: o} do
+      flip_byte(stable_path(dir), div(File.stat!(stable_path(dir)).size, 2))
+      persist_change_and_restore(table, o, dir)
+      assert [_] = Path.wildcard(Path.join(table_dir(dir), "data.ptable.corrupt-*"))
+    end
+
+    test "a stable file replaced by an older one", %{tmp_dir: dir, table: table, o: o} do
+      File.cp!(stable_path(dir), Path.join(dir, "saved"))
+      insert_pairs(table, [{["big"], :binary.copy("x", 200_000)}])
+      :ok = Persist.persist_to_disk(table, o)
+      File.cp!(Path.join(dir, "saved"), stable_path(dir))
+      persist_change_and_restore(table, o, dir)
+    end
+  end
 end
