@@ -88,10 +88,15 @@ impl Replay {
         } else if keeper.is_some() {
             replay.seed = random_seed()?;
         }
-        let is_current = replay.file.header().current().is_some();
-        if keeper.is_some() && is_current {
-            replay.builder = Some(IndexBuilder::new(replay.seed));
-            replay.keeper = keeper;
+        if let (Some(keeper), Some(header)) = (keeper, replay.file.header().current()) {
+            // Sized once: growing by doubling would hold the old and the new entries at
+            // once (1.5 times the index) at the last step. The file verified completely, so
+            // its row count is true.
+            let log_rows = replay.log.as_ref().map_or(0, |l| l.plan.final_upserts());
+            let rows = usize::try_from(header.row_count).unwrap_or(usize::MAX);
+            let capacity = rows.saturating_add(log_rows);
+            replay.builder = Some(IndexBuilder::with_capacity(replay.seed, capacity));
+            replay.keeper = Some(keeper);
         }
         Ok(replay)
     }
