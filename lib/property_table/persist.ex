@@ -14,6 +14,9 @@ defmodule PropertyTable.Persist do
     * `data.ptable` - the stable file
     * `data.ptable.backup` - the previous stable file
     * `data.ptable.tmp` - a file being written
+    * `data.ptable.log` - the change log: what changed since `data.ptable`
+      (`data.ptable.log.tmp` while a new log is written)
+    * `data.ptable.backup.log` - the change log of the backup file
     * `data.ptable.lock` - the writers' lock
     * `snapshots/<ID>` - snapshots (ID: 16 uppercase hexadecimal characters)
 
@@ -44,6 +47,18 @@ defmodule PropertyTable.Persist do
   A restore leaves the table holding the whole file or what it held before, also when the
   calling process is killed mid-restore (see `restore_from_disk/2` for the details).
 
+  A persist that finds only a small part of the table changed appends one record (the
+  changed and deleted rows, with its own CRC and content hash) to the change log and fsyncs
+  it, instead of rewriting the table: a one-row change writes a few hundred bytes. It finds
+  the changes by comparing the table with an index of the persisted state (built by the
+  last full persist or restore of that directory in this VM, 24.5 bytes per row of native
+  memory), and appends only to a stable file and a log that still verify completely. When
+  the log would grow beyond `:log_compaction` of the stable file's size, the persist writes
+  a full file instead (a compaction) and the log goes with the old file to the backup.
+  A restore applies the records that verify, in order, after the file they belong to; a
+  record torn by a power cut (never acknowledged) and anything after it is left out and
+  logged.
+
   ## Options
 
     * `:data_directory` - where table directories live. Default `"/tmp/property_table"`.
@@ -63,6 +78,9 @@ defmodule PropertyTable.Persist do
       restore, a persist or a snapshot restore finds that the stable or backup file does
       not verify; the oldest beyond this number are deleted. A positive integer (any size; beyond 2^64 - 1
       it means no limit). Default `5`.
+    * `:log_compaction` - how large the change log may grow, as a fraction of the stable
+      file's size, before a persist writes a full file instead: a number from `0` to `100`.
+      `0` turns the log off (every changed persist writes a full file). Default `0.5`.
 
   Unknown keys are ignored. A known key with a bad value (of the wrong type or out of its
   range) raises `ArgumentError` naming the option and the values it takes, before anything
