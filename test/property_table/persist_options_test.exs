@@ -52,7 +52,8 @@ defmodule PropertyTable.PersistOptionsTest do
     chunk_size: [0, -5, -(2 ** 64), 2 ** 32, 2 ** 32 + 1, 2 ** 64, 1.0, "10", nil],
     lock_timeout: [-1, -(2 ** 64), 1.5, "1000", nil, :forever],
     safe: ["true", 1, nil, :yes],
-    max_quarantined: [0, -1, -(2 ** 64), 1.5, nil]
+    max_quarantined: [0, -1, -(2 ** 64), 1.5, nil],
+    log_compaction: [-1, -0.01, 100.5, 101, 2 ** 64, "0.5", nil, :off, true]
   ]
 
   # What each integer option's message says about the values it takes.
@@ -61,7 +62,8 @@ defmodule PropertyTable.PersistOptionsTest do
     compression: "must be an integer from 0 to 9",
     chunk_size: "must be an integer from 1 to 4294967295",
     lock_timeout: "must be a non-negative integer (milliseconds) or :infinity",
-    max_quarantined: "must be a positive integer"
+    max_quarantined: "must be a positive integer",
+    log_compaction: "must be a number from 0 to 100"
   }
 
   for {key, values} <- @bad_values do
@@ -113,7 +115,8 @@ defmodule PropertyTable.PersistOptionsTest do
           chunk_size: 1,
           lock_timeout: 0,
           safe: true,
-          max_quarantined: 1
+          max_quarantined: 1,
+          log_compaction: 100
         ] do
       assert :ok = Persist.persist_to_disk(table, opts)
       assert File.regular?(Path.join([tmp, to_string(name), "data.ptable"]))
@@ -128,6 +131,14 @@ defmodule PropertyTable.PersistOptionsTest do
     for level <- 0..9 do
       assert :ok = Persist.persist_to_disk(table, [compression: level] ++ opts)
     end
+
+    for ratio <- [0, 0.0, 0.25, 1, 99.9] do
+      insert_pairs(table, [{["ratio"], ratio}])
+      assert :ok = Persist.persist_to_disk(table, [log_compaction: ratio] ++ opts)
+      assert {:ok, pairs(table)} == restore_fresh(opts)
+    end
+
+    data = pairs(table)
 
     assert {:ok, sort(data)} == restore_fresh(opts)
   end
