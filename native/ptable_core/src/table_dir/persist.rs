@@ -113,8 +113,9 @@ pub struct PersistSession {
     /// The index of a table being written in full, for the baseline its commit leaves;
     /// dropped at the first chunk it cannot index (the next persist is full again).
     builder: Option<IndexBuilder>,
-    /// What the commit did, once it did.
-    outcome: Option<CommitOutcome>,
+    /// What the commit did, once it did, and whether it compared with the baseline (then
+    /// the stable file alone may not be the state: a log may follow it).
+    outcome: Option<(CommitOutcome, bool)>,
     // Dropped last: everything above happens under the lock.
     _lock: Box<dyn LockGuard>,
 }
@@ -330,8 +331,9 @@ impl PersistSession {
     /// as they were (or, if the error came from the final directory fsync, the new file is
     /// installed but maybe not yet durable).
     pub fn commit(&mut self) -> Result<CommitOutcome> {
+        let diffed = matches!(self.mode, Some(Mode::Diffing(_)));
         let outcome = self.commit_mode()?;
-        self.outcome = Some(outcome);
+        self.outcome = Some((outcome, diffed));
         Ok(outcome)
     }
 
@@ -477,10 +479,10 @@ impl PersistSession {
         new_id: &mut dyn FnMut() -> Result<SnapshotId>,
     ) -> Result<SnapshotId> {
         match self.outcome {
-            Some(CommitOutcome::Written | CommitOutcome::Unchanged) => {}
+            Some((_, false)) => {}
             // A snapshot copies the stable file, which alone is the state only after a full
             // commit: a persist that snapshots is begun with `full`.
-            Some(CommitOutcome::Appended(_)) => return Err(Error::without_path(Reason::Internal)),
+            Some((_, true)) => return Err(Error::without_path(Reason::Internal)),
             None => return Err(Error::without_path(Reason::Closed)),
         }
         snapshot_stable(self.fs.as_ref(), &self.dir, max_snapshots, new_id)

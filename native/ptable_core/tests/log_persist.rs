@@ -1,0 +1,178 @@
+//! Persist and restore with the change log, through the writer and reader threads on the
+//! real filesystem: every state of a random history restores exactly, whether the next
+//! persist's baseline comes from the last persist or from a restore, and a persist that
+//! compared with a baseline refuses to snapshot the stable file (which alone is not the
+//! state once a log follows it).
+
+mod change_log_support;
+mod common;
+mod rng;
+
+use change_log_support::{sorted, Table};
+use common::options;
+use ptable_core::etf_rows;
+use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::{
+    open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
+    Reason, RestorePipeline, SnapshotId, StdFs, Step, TableDir,
+};
+use rng::{seed_from_env, Rng};
+use std::sync::{mpsc, Arc};
+
+const ROWS_PER_CHUNK: usize = 25;
+
+fn config(baselines: &Arc<Baselines>, full: bool) -> PersistConfig {
+    PersistConfig {
+        baselines: Some(Arc::clone(baselines)),
+        log_compaction: 0.5,
+        full,
+    }
+}
+
+/// One persist as the wrapper runs it: the chunks through the writer thread, and again
+/// with `full` when the log cannot take the change.
+fn persist(dir: &TableDir, baselines: &Arc<Baselines>, table: &Table, order: u64) -> CommitOutcome {
+    let chunks = table.chunks(ROWS_PER_CHUNK, order);
+    let attempt = |full| {
+        let fs = Arc::new(StdFs);
+        let rows = table.rows.len() as u64;
+        let pipeline = PersistPipeline::begin(
+            fs,
+            dir.clone(),
+            options(3),
+            rows,
+            5,
+            config(baselines, full),
+        )?;
+        for chunk in &chunks {
+            let rows = etf_rows::all_pairs(chunk).expect("pairs").len() as u64;
+            pipeline.append(chunk, rows)?;
+        }
+        let outcome = pipeline.commit();
+        pipeline.close();
+        outcome
+    };
+    match attempt(false) {
+        Err(e) if e.reason == Reason::Restart => attempt(true).expect("full persist"),
+        other => other.expect("persist"),
+    }
+}
+
+/// Restores `dir` through the reader thread (leaving the baseline in `baselines`); the
+/// sorted pairs.
+fn restore(dir: &TableDir, baselines: &Arc<Baselines>) -> Vec<Vec<u8>> {
+    let (found, mut skipped, _) = restore_parts(open_newest_valid(&StdFs, dir, None));
+    let (file, _kind, log) = found.expect("a valid file");
+    let keeper = BaselineKeeper {
+        baselines: Arc::clone(baselines),
+        dir: dir.clone(),
+    };
+    let replay = Replay::new(file, log, Some(keeper), &mut skipped).expect("replay");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let pipeline = RestorePipeline::replaying(replay);
+    let (tx, rx) = mpsc::channel();
+    pipeline
+        .stream(move |step: Step<'_>| {
+            let (message, more) = match step {
+                Step::Chunk {
+                    data, rows, last, ..
+                } => {
+                    let pairs = etf_rows::all_pairs(data).expect("pairs");
+                    assert_eq!(rows, Some(pairs.len() as u64));
+                    let pairs: Vec<Vec<u8>> = pairs.iter().map(|p| p.bytes.to_vec()).collect();
+                    (Ok(Some((pairs, last))), !last)
+                }
+                Step::Done => (Ok(None), false),
+                Step::Failed(e) => (Err(e), false),
+            };
+            tx.send(message).is_ok() && more
+        })
+        .expect("stream");
+    let mut out = Vec::new();
+    loop {
+        match rx.recv().expect("a step") {
+            Ok(Some((pairs, last))) => {
+                out.extend(pairs);
+                pipeline.ack();
+                if last {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => panic!("restore failed: {e}"),
+        }
+    }
+    pipeline.close();
+    sorted(out)
+}
+
+#[test]
+fn every_state_of_a_random_history_restores() {
+    let seed = seed_from_env("PTABLE_LOG_SEED");
+    let mut rng = Rng::new(seed);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let mut baselines = Arc::new(Baselines::new());
+    let mut table = Table::random(&mut rng, 300);
+    let mut counts = [0usize; 3];
+    for round in 0..80u64 {
+        match rng.below(12) {
+            0 => {}
+            1 => table.mutate(&mut rng, 40, 20, 20),
+            2 => table.mutate(&mut rng, 0, 1, 1),
+            _ => {
+                let (deletes, inserts) = (rng.below(3), rng.below(3));
+                table.mutate(&mut rng, 1, deletes, inserts)
+            }
+        }
+        let outcome = persist(&dir, &baselines, &table, round);
+        counts[match outcome {
+            CommitOutcome::Appended(_) => 0,
+            CommitOutcome::Written => 1,
+            CommitOutcome::Unchanged => 2,
+        }] += 1;
+        // Now and then a new VM: the baseline comes from a restore.
+        if rng.below(4) == 0 {
+            baselines = Arc::new(Baselines::new());
+        }
+        assert_eq!(restore(&dir, &baselines), table.pair_set(), "round {round}");
+    }
+    println!(
+        "[log persist] appended {}, written {}, unchanged {}",
+        counts[0], counts[1], counts[2]
+    );
+    assert!(
+        counts[0] > 30 && counts[1] > 2 && counts[2] > 0,
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn a_persist_that_compared_with_a_baseline_does_not_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let baselines = Arc::new(Baselines::new());
+    let mut rng = Rng::new(7);
+    let mut table = Table::random(&mut rng, 100);
+    persist(&dir, &baselines, &table, 1);
+    table.mutate(&mut rng, 0, 0, 1);
+    let chunks = table.chunks(ROWS_PER_CHUNK, 2);
+    let fs = Arc::new(StdFs);
+    let pipeline = PersistPipeline::begin(
+        fs,
+        dir.clone(),
+        options(3),
+        101,
+        5,
+        config(&baselines, false),
+    )
+    .unwrap();
+    for chunk in &chunks {
+        let rows = etf_rows::all_pairs(chunk).unwrap().len() as u64;
+        pipeline.append(chunk, rows).unwrap();
+    }
+    assert!(matches!(pipeline.commit(), Ok(CommitOutcome::Appended(_))));
+    let mut ids = || SnapshotId::random();
+    let refused = pipeline.snapshot(5, &mut ids).unwrap_err();
+    assert_eq!(refused.reason, Reason::Internal);
+}
