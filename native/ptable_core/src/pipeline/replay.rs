@@ -43,6 +43,8 @@ pub struct Replay {
     in_log: bool,
     buffer: Vec<u8>,
     filtered: Vec<u8>,
+    /// Whether the chunk to hand out is in `filtered` (else in `buffer`).
+    out_filtered: bool,
 }
 
 /// A log's records from the first that did not verify on are not applied: the error that
@@ -66,6 +68,7 @@ impl Replay {
             in_log: false,
             buffer: Vec::new(),
             filtered: Vec::new(),
+            out_filtered: false,
         }
     }
 
@@ -141,15 +144,14 @@ impl Replay {
         if last {
             self.leave_baseline();
         }
-        let filtered = from_log || self.log.is_some();
-        let (data, path) = if filtered {
-            let path = match &self.log {
-                Some(log) if from_log => log.path.as_path(),
-                _ => self.file.path(),
-            };
-            (self.filtered.as_slice(), path)
+        let path = match &self.log {
+            Some(log) if from_log => log.path.as_path(),
+            _ => self.file.path(),
+        };
+        let data = if self.out_filtered {
+            self.filtered.as_slice()
         } else {
-            (self.buffer.as_slice(), self.file.path())
+            self.buffer.as_slice()
         };
         Step::Chunk {
             data,
@@ -182,6 +184,7 @@ impl Replay {
                 return Err(Error::new(Reason::BadFile, self.file.path()));
             }
         }
+        self.out_filtered = false;
         if self.log.is_none() && self.builder.is_none() {
             return Ok(Some(rows));
         }
@@ -189,7 +192,7 @@ impl Replay {
     }
 
     /// Indexes the base chunk's rows and, with a log, keeps in `filtered` those it does not
-    /// supersede. Returns how many rows are handed out.
+    /// supersede (when it supersedes any). Returns how many rows are handed out.
     fn filter_base_chunk(&mut self) -> Result<u64> {
         let bad_file = || Error::new(Reason::BadFile, self.file.path());
         let plan = self.log.as_ref().map(|l| &l.plan);
@@ -209,9 +212,10 @@ impl Replay {
             }
             kept.push(pair.bytes);
         }
-        if plan.is_none() {
+        if kept.len() as u64 == all {
             return Ok(all);
         }
+        self.out_filtered = true;
         self.filtered.clear();
         etf_rows::encode_list(kept.iter().copied(), &mut self.filtered).ok_or_else(bad_file)?;
         Ok(kept.len() as u64)
@@ -251,6 +255,7 @@ impl Replay {
                     self.builder = None;
                 }
             }
+            self.out_filtered = true;
             self.filtered.clear();
             let pairs = finals.iter().map(|u| u.pair);
             etf_rows::encode_list(pairs, &mut self.filtered)
