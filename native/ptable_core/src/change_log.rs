@@ -23,7 +23,7 @@ mod tests;
 use crate::etf_rows;
 use crate::format::{encode_header_area, HeaderV2, MAX_CHUNK_LEN, PREFIX_LEN};
 use std::io;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// A record's payload is stored as it is ([`CODEC_NONE`]) or as one zstd frame
 /// ([`CODEC_ZSTD`]), with the ids of table files' codecs of the same meaning.
@@ -71,6 +71,13 @@ impl LogHeader {
     pub fn applies_to(&self, base: &HeaderV2) -> bool {
         self.base_sequence == base.sequence && self.base_digest == base.content_digest
     }
+}
+
+/// A record's `raw_hash`: XXH3-64 of its raw payload, keyed with the log's `hash_seed`, so
+/// a header whose seed changed (its CRC recomputed) fails every record instead of
+/// re-keying their deletes to hashes no row has, which would bring deleted rows back.
+fn record_hash(raw: &[u8], hash_seed: u64) -> u64 {
+    xxh3_64_with_seed(raw, hash_seed)
 }
 
 /// The fixed part of a record.
@@ -253,7 +260,7 @@ pub fn encode_record<'p>(
         codec,
         flags: 0,
         reserved: 0,
-        raw_hash: xxh3_64(&raw),
+        raw_hash: record_hash(&raw, header.hash_seed),
         crc: 0,
     };
     head.crc = head.expected_crc(stored);

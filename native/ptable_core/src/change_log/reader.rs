@@ -13,7 +13,6 @@ use crate::format::{config, read_header_body, MAX_HEADER_BODY_LEN, PREFIX_LEN};
 use std::collections::HashSet;
 use std::io::{self, Read};
 use std::path::Path;
-use xxhash_rust::xxh3::xxh3_64;
 
 /// Reads up to `n` bytes; fewer only at the end of the input. Memory grows with the bytes
 /// really read, whatever `n` is.
@@ -151,7 +150,7 @@ impl<R: Read> LogReader<R> {
             Ok(raw) => raw,
             Err(fault) => return Ok(invalid(fault)),
         };
-        if xxh3_64(&raw) != head.raw_hash {
+        if super::record_hash(&raw, self.header.hash_seed) != head.raw_hash {
             return Ok(invalid(RecordFault::BadHash));
         }
         let len = RECORD_HEADER_LEN as u64 + u64::from(head.stored_len);

@@ -48,7 +48,8 @@ fn record_layout_and_round_trip() {
     assert_eq!(&rec[28..32], &2u32.to_le_bytes());
     assert_eq!(&rec[32..36], &[CODEC_NONE, 0, 0, 0]);
     let raw = &rec[48..];
-    assert_eq!(&rec[36..44], &xxh3_64(raw).to_le_bytes());
+    let seeded = xxhash_rust::xxh3::xxh3_64_with_seed(raw, 0x5EED);
+    assert_eq!(&rec[36..44], &seeded.to_le_bytes());
     let mut crc = crc32fast::Hasher::new();
     crc.update(&rec[..44]);
     crc.update(raw);
@@ -169,4 +170,31 @@ fn io_errors_are_errors_not_the_end() {
     assert!(r.next_record().unwrap().is_some());
     assert_eq!(r.next_record().unwrap_err().raw_os_error(), Some(5));
     assert_eq!(r.stop(), None);
+}
+
+/// A header whose `hash_seed` changed, its CRC recomputed, would re-key every delete to a
+/// hash no row has (the deleted rows would come back): its records must not verify.
+#[test]
+fn a_reseeded_header_fails_every_record() {
+    let p = Path::new("l");
+    let h = header();
+    let a = pair(b'a', b"1");
+    let mut log = h.encode();
+    log.extend(encode_record(&h, 1, [&a[..]].into_iter(), &[42]).unwrap());
+    assert_eq!(scan_log(&log, p).unwrap().records.len(), 1);
+    let reseeded = LogHeader {
+        hash_seed: h.hash_seed ^ 1,
+        ..h
+    }
+    .encode();
+    log[..reseeded.len()].copy_from_slice(&reseeded);
+    let scan = scan_log(&log, p).unwrap();
+    assert!(scan.records.is_empty());
+    assert!(matches!(
+        scan.stop,
+        LogStop::Invalid {
+            fault: RecordFault::BadHash,
+            ..
+        }
+    ));
 }

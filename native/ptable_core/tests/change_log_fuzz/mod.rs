@@ -34,7 +34,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 /// Inputs per run when `PTABLE_FUZZ_ITERATIONS` is not set. An input of the log fuzzer
 /// costs about ten of the walker's (it writes, re-encodes and replays logs); both defaults
@@ -459,8 +459,8 @@ impl RecordModel {
     }
 
     /// Stores `raw` with the record's codec (zstd at any level), and makes lengths and
-    /// the hash describe it.
-    fn reencode(&mut self, rng: &mut Rng) {
+    /// the hash (keyed with the log's `hash_seed`) describe it.
+    fn reencode(&mut self, rng: &mut Rng, hash_seed: u64) {
         self.stored = if self.codec == 1 {
             zstd::bulk::compress(&self.raw, 1 + rng.below(19) as i32).unwrap_or_default()
         } else {
@@ -468,7 +468,7 @@ impl RecordModel {
         };
         self.stored_len = self.stored.len() as u32;
         self.raw_len = self.raw.len() as u32;
-        self.raw_hash = xxh3_64(&self.raw);
+        self.raw_hash = xxh3_64_with_seed(&self.raw, hash_seed);
     }
 }
 
@@ -680,7 +680,7 @@ fn make_log_input(rng: &mut Rng, seeds: &[LogSeed], s: usize) -> (Vec<u8>, bool)
                 let i = rng.below(n);
                 mutate_payload(rng, &mut m.records[i], hash_seed);
                 if rng.chance(85) {
-                    m.records[i].reencode(rng);
+                    m.records[i].reencode(rng, hash_seed);
                 }
             }
             6 if n > 0 => {
@@ -726,7 +726,7 @@ fn make_log_input(rng: &mut Rng, seeds: &[LogSeed], s: usize) -> (Vec<u8>, bool)
                     stored: Vec::new(),
                     raw: random_chunk(rng, count).0,
                 };
-                r.reencode(rng);
+                r.reencode(rng, m.seed());
                 m.records.push(r);
             }
             _ => {
@@ -842,7 +842,7 @@ fn ref_log(bytes: &[u8]) -> Option<RefLog> {
             _ => return Some(log),
         };
         log.raw_bytes += raw.len() as u64;
-        if xxh3_64(&raw) != le64(h, 36)? || raw.len() < deletes * 8 {
+        if xxh3_64_with_seed(&raw, log.seed) != le64(h, 36)? || raw.len() < deletes * 8 {
             return Some(log);
         }
         let (del_bytes, term) = raw.split_at(deletes * 8);
