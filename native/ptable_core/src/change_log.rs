@@ -140,6 +140,23 @@ pub enum RecordFault {
     DuplicateProperty,
 }
 
+impl RecordFault {
+    /// The atom operators see (`inspect_files/2`'s `:stop_reason`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RecordFault::Truncated => "truncated",
+            RecordFault::BadChecksum => "bad_checksum",
+            RecordFault::BadHash => "bad_hash",
+            RecordFault::WrongSequence => "wrong_sequence",
+            RecordFault::WrongBase => "wrong_base",
+            RecordFault::BadLength => "bad_length",
+            RecordFault::BadEncoding => "bad_encoding",
+            RecordFault::BadPayload => "bad_payload",
+            RecordFault::DuplicateProperty => "duplicate_property",
+        }
+    }
+}
+
 /// Where reading ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStop {

@@ -1,11 +1,16 @@
 //! A read-only report on every file of a table directory, for operators looking at a data
-//! directory copied off a device. Reads headers and checksums; never decodes rows.
+//! directory copied off a device. Reads headers and checksums; never decodes rows, never
+//! writes. Change logs are reported by `log`.
+
+mod log;
 
 use crate::error::{Error, Reason, Result};
 use crate::fs::{unix_us, Fs};
 use crate::reader::{FileHeader, TableFile};
 use crate::table_dir::{list_snapshots, quarantined_files, TableDir};
 use std::path::{Path, PathBuf};
+
+pub use log::{LogRead, LogReport};
 
 /// The role of a file in the directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +20,12 @@ pub enum FileRole {
     Tmp,
     Quarantined,
     Snapshot,
+    /// `data.ptable.log`.
+    Log,
+    /// `data.ptable.backup.log`.
+    BackupLog,
+    /// `data.ptable.log.tmp`, a log being started (left by a cut persist).
+    LogTmp,
 }
 
 impl FileRole {
@@ -25,6 +36,9 @@ impl FileRole {
             FileRole::Tmp => "tmp",
             FileRole::Quarantined => "quarantined",
             FileRole::Snapshot => "snapshot",
+            FileRole::Log => "log",
+            FileRole::BackupLog => "backup_log",
+            FileRole::LogTmp => "log_tmp",
         }
     }
 }
@@ -59,41 +73,50 @@ pub struct FileReport {
     pub role: FileRole,
     pub size: u64,
     pub modified_unix_us: i64,
-    /// `None` when the header could not be read.
+    /// A table file's header; `None` when it could not be read, and for logs.
     pub header: Option<FileHeader>,
+    /// A log's header and records; `None` for table files and logs whose header fails.
+    pub log: Option<LogReport>,
+    /// For a log, [`FileStatus::Valid`] means every byte verified; a log whose records stop
+    /// verifying before its end is `Invalid(LogTail)` (the records before still apply).
     pub status: FileStatus,
 }
 
-/// Reports on stable, backup, tmp, quarantined files and snapshots (oldest first).
-/// With `verify`, every file is verified completely; without, only headers are read and a
-/// sound one is [`FileStatus::Unverified`].
+/// Reports on stable, backup, tmp files, the logs (log, backup log, log tmp),
+/// quarantined files and snapshots (oldest first), in that order. With `verify`, every file
+/// is verified completely; without, only headers are read and a sound one is
+/// [`FileStatus::Unverified`].
 pub fn inspect_dir(fs: &dyn Fs, dir: &TableDir, verify: bool) -> Result<Vec<FileReport>> {
     match fs.metadata(dir.root()) {
         Ok(meta) if meta.is_dir => {}
         Ok(_) => return Err(Error::new(Reason::Os("enotdir"), dir.root())),
         Err(e) => return Err(Error::io(&e, dir.root())),
     }
-    let mut files = vec![
+    let mut quarantined = quarantined_files(fs, dir)?;
+    quarantined.sort();
+    let snapshots = list_snapshots(fs, dir)?;
+    let report_all = |files: Vec<(FileRole, PathBuf)>| {
+        files
+            .into_iter()
+            .filter_map(|(role, path)| report(fs, role, path, verify))
+            .collect::<Vec<_>>()
+    };
+    let mut reports = report_all(vec![
         (FileRole::Stable, dir.stable()),
         (FileRole::Backup, dir.backup()),
         (FileRole::Tmp, dir.tmp()),
-    ];
-    let mut quarantined = quarantined_files(fs, dir)?;
-    quarantined.sort();
-    files.extend(
-        quarantined
-            .into_iter()
-            .map(|name| (FileRole::Quarantined, dir.root().join(name))),
-    );
-    files.extend(
-        list_snapshots(fs, dir)?
-            .into_iter()
-            .map(|entry| (FileRole::Snapshot, dir.snapshot(&entry.id))),
-    );
-    Ok(files
+    ]);
+    // A log continues whichever of these its header names, so they are read first.
+    let logs = log::report_logs(fs, dir, &reports, verify);
+    reports.extend(logs);
+    let quarantined = quarantined
         .into_iter()
-        .filter_map(|(role, path)| report(fs, role, path, verify))
-        .collect())
+        .map(|name| (FileRole::Quarantined, dir.root().join(name)));
+    let snapshots = snapshots
+        .into_iter()
+        .map(|entry| (FileRole::Snapshot, dir.snapshot(&entry.id)));
+    reports.extend(report_all(quarantined.chain(snapshots).collect()));
+    Ok(reports)
 }
 
 /// `None` when the file does not exist.
@@ -106,6 +129,7 @@ fn report(fs: &dyn Fs, role: FileRole, path: PathBuf, verify: bool) -> Option<Fi
         size: meta.len,
         modified_unix_us: unix_us(meta.modified),
         header,
+        log: None,
         status,
     })
 }

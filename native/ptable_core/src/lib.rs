@@ -27,7 +27,7 @@ pub mod writer;
 
 pub use error::{Error, Reason, Result};
 pub use fs::{Fs, StdFs};
-pub use inspect::{inspect_dir, FileReport, FileRole, FileStatus};
+pub use inspect::{inspect_dir, FileReport, FileRole, FileStatus, LogRead, LogReport};
 pub use pipeline::{ChunkConsumer, PersistPipeline, RestorePipeline, Step, StepSink};
 pub use reader::{Chunk, FileHeader, TableFile};
 pub use snapshot_id::SnapshotId;
