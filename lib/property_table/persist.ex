@@ -325,8 +325,8 @@ defmodule PropertyTable.Persist do
   end
 
   @doc """
-  Describes every file of the table directory: stable, backup, tmp, quarantined files and
-  snapshots (oldest first).
+  Describes every file of the table directory: stable, backup and tmp files, the change
+  logs, quarantined files and snapshots (oldest first), in that order.
 
   Verifies every file as a restore does (every checksum, every chunk decompressed and
   checked against its hash, the whole-content digest; for format version 1 files, written
@@ -334,13 +334,37 @@ defmodule PropertyTable.Persist do
   `verify: false` only headers are read. Raises `PropertyTable.Persist.Error` when the
   directory cannot be read (`:enoent` when it does not exist).
 
-  Each entry is a map with `:path`, `:kind` (`:stable`, `:backup`, `:tmp`, `:quarantined`
-  or `:snapshot`), `:format_version` (`1`, `2` or `nil` when unreadable), `:created` (UTC
-  datetime from the header, `nil` when unknown), `:sequence`, `:rows`, `:size` (bytes on
-  disk), `:modified` (UTC datetime of the file), `:compression` (the level it was written
-  with) and `:status`: `:ok` (it verifies: a restore would accept it), the reason it fails
-  (`:bad_checksum`, `:bad_file`, a POSIX reason), or, with `verify: false`, `:unverified`
-  for a file whose header is sound (no file is called `:ok` without verification).
+  Each entry is a map with `:path`, `:kind` (`:stable`, `:backup`, `:tmp`, `:log`,
+  `:backup_log`, `:log_tmp`, `:quarantined` or `:snapshot`), `:format_version` (`1`, `2`
+  or `nil` when unreadable, and for logs), `:created` (UTC datetime from the header, `nil`
+  when unknown), `:sequence`, `:rows`, `:size` (bytes on disk), `:modified` (UTC datetime
+  of the file), `:compression` (the level it was written with) and `:status`: `:ok` (it
+  verifies: a restore would accept it), the reason it fails (`:bad_checksum`, `:bad_file`,
+  `:not_a_regular_file`, a POSIX reason), or, with `verify: false`, `:unverified` for a
+  file whose header is sound (no file is called `:ok` without verification).
+
+  The change logs are `data.ptable.log` (`:log`), `data.ptable.backup.log` (`:backup_log`)
+  and `data.ptable.log.tmp` (`:log_tmp`, a log being started, left by an interrupted
+  persist). They are read with the checks and the bounded memory of a restore, and never
+  modified. A log's `:status` is `:ok` when every byte verifies, `:log_tail` when its
+  records stop verifying before the end of the file (the records before still apply: a
+  torn last append, or damage), or the reason its header fails (the whole log is then
+  unusable). Their entries also have, `nil` for table files:
+
+    * `:base_sequence` - the `:sequence` of the table file the log's header names (`nil`
+      when the header fails)
+    * `:continues` - which of `:stable`, `:backup`, `:tmp` has that sequence and content
+      digest (whether or not that file verifies: see its own entry), or `:none` for a stale
+      log that no restore applies; `nil` when the header fails
+    * `:records` - records that verify, from the first (`nil` with `verify: false` or a
+      failing header)
+    * `:valid_bytes` - bytes of the header and those records: where the verified prefix
+      ends, and what a restore uses
+    * `:stop_reason` - for `:log_tail`, the check the next record fails: `:truncated` (the
+      file ends inside it), `:bad_checksum`, `:bad_hash`, `:bad_length`, `:bad_encoding`,
+      `:bad_payload`, `:wrong_sequence`, `:wrong_base` or `:duplicate_property`; else `nil`
+    * `:stop_offset` - for `:log_tail`, the offset of that record (equal to
+      `:valid_bytes`); else `nil`
 
   ## Examples
 
@@ -380,7 +404,13 @@ defmodule PropertyTable.Persist do
       size: file.size,
       modified: utc_datetime(file.modified_us),
       compression: file.compression,
-      status: file.status
+      status: file.status,
+      base_sequence: file.base_sequence,
+      continues: file.continues,
+      records: file.records,
+      valid_bytes: file.valid_bytes,
+      stop_reason: file.stop_reason,
+      stop_offset: file.stop_offset
     }
   end
 

@@ -40,6 +40,60 @@ defmodule PropertyTable.OperatorToolsTest do
     assert {{_, _, _}, {_, _, _}} = stable.created
   end
 
+  # A table large enough that small changes go to the change log, then two of them.
+  defp table_with_log(dir) do
+    table = table_with(for i <- 1..200, do: {["sensor", "s#{i}"], i})
+    :ok = Persist.persist_to_disk(table, opts(dir))
+
+    for value <- [:changed, :again] do
+      :ets.insert(table, {["sensor", "s1"], value, 0})
+      :ok = Persist.persist_to_disk(table, opts(dir))
+    end
+
+    table
+  end
+
+  test "inspect_files lists the change log with its records", %{tmp_dir: dir} do
+    table_with_log(dir)
+
+    assert [stable, log] = Persist.inspect_files(opts(dir))
+
+    assert %{kind: :stable, status: :ok, continues: nil, records: nil, base_sequence: nil} =
+             stable
+
+    assert %{kind: :log, status: :ok, records: 2, continues: :stable, format_version: nil} = log
+    assert log.path == Path.join([dir, "t", "data.ptable.log"])
+    assert log.base_sequence == stable.sequence
+    assert log.valid_bytes == log.size and log.size == File.stat!(log.path).size
+    assert %{stop_reason: nil, stop_offset: nil, rows: nil, sequence: nil} = log
+    assert {{_, _, _}, {_, _, _}} = log.created
+
+    assert [_, %{kind: :log, status: :unverified, continues: :stable, records: nil}] =
+             Persist.inspect_files(opts(dir), verify: false)
+
+    # A torn append: the records before it are listed, and the file is left as it is.
+    torn = File.read!(log.path) <> "torn"
+    File.write!(log.path, torn)
+
+    assert [_, %{kind: :log, status: :log_tail, records: 2} = tail] =
+             Persist.inspect_files(opts(dir))
+
+    assert %{stop_reason: :truncated, stop_offset: offset, valid_bytes: offset} = tail
+    assert offset == log.size
+    assert File.read!(log.path) == torn
+  end
+
+  test "after a compaction the backup log continues the backup", %{tmp_dir: dir} do
+    table = table_with_log(dir)
+    # A change of most rows is written as a full file.
+    :ets.insert(table, for(i <- 1..200, do: {["sensor", "s#{i}"], -i, 0}))
+    :ok = Persist.persist_to_disk(table, opts(dir))
+
+    assert [%{kind: :stable}, backup, backup_log] = Persist.inspect_files(opts(dir))
+    assert %{kind: :backup_log, status: :ok, records: 2, continues: :backup} = backup_log
+    assert backup_log.base_sequence == backup.sequence
+  end
+
   test "a corrupt stable file is reported, quarantined by restore, and left alone by the next persist",
        %{tmp_dir: dir} do
     table = table_with([{["a"], 1}])
@@ -207,6 +261,23 @@ defmodule PropertyTable.OperatorToolsTest do
       assert out =~ "data.ptable"
       assert out =~ ~s({["net", "eth0"], :up})
       refute out =~ ~s({["z"], 26})
+    end
+
+    test "prints one line per change log", %{tmp_dir: dir} do
+      table_with_log(dir)
+      log = Path.join([dir, "t", "data.ptable.log"])
+      %{size: size} = File.stat!(log)
+
+      out = capture_io(fn -> Mix.Tasks.PropertyTable.Inspect.run([dir, "t"]) end)
+      assert out =~ "Change logs:"
+      assert [line] = out |> String.split("\n") |> Enum.filter(&(&1 =~ "data.ptable.log"))
+      assert line =~ ~r/^log\s+ok\s+data.ptable.log\s+continues stable \(sequence \d+\)/
+      assert line =~ "2 records, #{size} of #{size} bytes verified"
+
+      File.write!(log, "torn", [:append])
+      out = capture_io(fn -> Mix.Tasks.PropertyTable.Inspect.run([dir, "t"]) end)
+      assert out =~ ~r/^log\s+log_tail\s+data.ptable.log\s+continues stable/m
+      assert out =~ "the record at byte #{size} fails: truncated"
     end
 
     test "exits non-zero when a table has no valid file", %{tmp_dir: dir} do

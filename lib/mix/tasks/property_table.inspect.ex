@@ -7,8 +7,15 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
 
       mix property_table.inspect DATA_DIRECTORY [TABLE_NAME] [--no-verify] [--dump N]
 
-  For each file: kind (stable, backup, tmp, quarantined, snapshot), format version,
-  verification status, rows, size, sequence number and creation time.
+  For each table file: kind (stable, backup, tmp, quarantined, snapshot), format version,
+  verification status, rows, size, sequence number and creation time. Then one line per
+  change log (`data.ptable.log`, `data.ptable.backup.log`, `data.ptable.log.tmp`): kind,
+  status (`ok`, `log_tail` when its records stop verifying before its end, or why its
+  header fails), file, the base it continues (`stable`, `backup` or `tmp`, with the base's
+  sequence number; `stale` when no file here is its base, so no restore applies it), the
+  records and bytes that verify, and for a `log_tail` the fault (`truncated`,
+  `bad_checksum`, ...) and the byte offset where the verified records end. See
+  `PropertyTable.Persist.inspect_files/2` for every field.
 
     * `--verify` (default) verifies every file as restore does: every checksum, every chunk
       decompressed and checked against its hash, the whole-content digest. `--no-verify`
@@ -26,6 +33,7 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
 
   @switches [verify: :boolean, dump: :integer]
   @restorable [:stable, :backup, :tmp]
+  @logs [:log, :backup_log, :log_tmp]
 
   @impl Mix.Task
   def run(args) do
@@ -73,10 +81,14 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
   # Prints the table's files; returns whether it has a restorable file.
   defp inspect_table(data_dir, table, verify?, dump) do
     opts = [data_directory: data_dir, table_name: table]
-    files = Persist.inspect_files(opts, verify: verify?)
+    table_dir = Path.join(data_dir, table)
+
+    {logs, files} =
+      opts |> Persist.inspect_files(verify: verify?) |> Enum.split_with(&(&1.kind in @logs))
+
     # Without verification no file is known to be valid, only known not to be.
     usable = if verify?, do: [:ok], else: [:ok, :unverified]
-    Mix.shell().info("\n#{Path.join(data_dir, table)}")
+    Mix.shell().info("\n#{table_dir}")
 
     rows =
       for f <- files do
@@ -88,11 +100,12 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
           Integer.to_string(f.size),
           if(f.sequence, do: Integer.to_string(f.sequence), else: "-"),
           format_datetime(f.created || f.modified),
-          Path.relative_to(f.path, Path.join(data_dir, table))
+          Path.relative_to(f.path, table_dir)
         ]
       end
 
     print_columns([~w(kind format status rows bytes seq created file) | rows])
+    print_logs(logs, table_dir)
     restorable? = Enum.any?(files, &(&1.kind in @restorable and &1.status in usable))
     if restorable? and dump > 0, do: dump_rows(opts, dump)
     restorable?
@@ -100,6 +113,45 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
     e in Persist.Error ->
       Mix.shell().error("#{Path.join(data_dir, table)}: #{Exception.message(e)}")
       false
+  end
+
+  defp print_logs([], _table_dir), do: :ok
+
+  defp print_logs(logs, table_dir) do
+    Mix.shell().info("Change logs:")
+
+    logs
+    |> Enum.map(fn log ->
+      [
+        Atom.to_string(log.kind),
+        Atom.to_string(log.status),
+        Path.relative_to(log.path, table_dir),
+        log_base(log),
+        log_records(log)
+      ]
+    end)
+    |> print_columns()
+  end
+
+  defp log_base(%{continues: nil}), do: "no usable header"
+
+  defp log_base(%{continues: :none} = log),
+    do: "stale: no file here has base sequence #{log.base_sequence}"
+
+  defp log_base(log), do: "continues #{log.continues} (sequence #{log.base_sequence})"
+
+  defp log_records(%{continues: nil}), do: ""
+  defp log_records(%{records: nil}), do: "records not read (--no-verify)"
+
+  defp log_records(log) do
+    verified =
+      "#{log.records} #{if log.records == 1, do: "record", else: "records"}, " <>
+        "#{log.valid_bytes} of #{log.size} bytes verified"
+
+    case log.stop_reason do
+      nil -> verified
+      fault -> "#{verified}; the record at byte #{log.stop_offset} fails: #{fault}"
+    end
   end
 
   defp dump_rows(opts, count) do

@@ -1,6 +1,7 @@
 //! The terms the NIFs exchange with `PropertyTable.Persist.Native` (which defines the same
 //! structs and types): derived maps, structs and tagged tuples, never positional tuples.
 
+use ptable_core::change_log::LogStop;
 use ptable_core::fs::path_from_bytes;
 use ptable_core::{Error, FileReport, SnapshotEntry};
 use rustler::types::atom;
@@ -128,22 +129,40 @@ pub struct FileInfo {
     rows: Option<u64>,
     compression: Option<u8>,
     status: Name,
+    base_sequence: Option<u64>,
+    continues: Option<Name>,
+    records: Option<u64>,
+    valid_bytes: Option<u64>,
+    stop_reason: Option<Name>,
+    stop_offset: Option<u64>,
 }
 
 impl From<&FileReport> for FileInfo {
     fn from(r: &FileReport) -> Self {
         let h = r.header.as_ref().and_then(|h| h.current());
+        let log = r.log.as_ref();
+        let read = log.and_then(|l| l.read);
+        let fault = match read.and_then(|read| read.stop) {
+            Some(LogStop::Invalid { offset, fault }) => Some((offset, fault)),
+            _ => None,
+        };
         FileInfo {
             path: RawPath(r.path.clone()),
             kind: Name(r.role.as_str()),
             size: r.size,
             modified_us: r.modified_unix_us,
             format_version: r.header.map(|h| h.version()),
-            created_us: h.map(|h| h.created_unix_us),
+            created_us: h.map(|h| h.created_unix_us).or(log.map(|l| l.header.created_unix_us)),
             sequence: h.map(|h| h.sequence),
             rows: h.map(|h| h.row_count),
             compression: h.map(|h| h.level),
             status: Name(r.status.as_str()),
+            base_sequence: log.map(|l| l.header.base_sequence),
+            continues: log.map(|l| Name(l.continues_as_str())),
+            records: read.map(|read| read.records),
+            valid_bytes: read.map(|read| read.valid_bytes),
+            stop_reason: fault.map(|(_, fault)| Name(fault.as_str())),
+            stop_offset: fault.map(|(offset, _)| offset),
         }
     }
 }

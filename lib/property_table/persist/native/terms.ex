@@ -39,7 +39,9 @@ defmodule PropertyTable.Persist.Native.FileInfo do
   @moduledoc false
   # One file of a table directory as `PropertyTable.Persist.Native.inspect/2` reports it:
   # fields its header does not tell are `nil`; `status` is `:ok` (it verifies), the reason
-  # it fails, or `:unverified` (inspected without verification, its header is sound). Encoded by the Rust struct of the same name (native/ptable_nif).
+  # it fails, or `:unverified` (inspected without verification, its header is sound). The
+  # log fields (`base_sequence` .. `stop_offset`) are `nil` for table files. Encoded by the
+  # Rust struct of the same name (native/ptable_nif).
 
   @enforce_keys [
     :path,
@@ -51,13 +53,27 @@ defmodule PropertyTable.Persist.Native.FileInfo do
     :sequence,
     :rows,
     :compression,
-    :status
+    :status,
+    :base_sequence,
+    :continues,
+    :records,
+    :valid_bytes,
+    :stop_reason,
+    :stop_offset
   ]
   defstruct @enforce_keys
 
   @type t :: %__MODULE__{
           path: binary(),
-          kind: :stable | :backup | :tmp | :quarantined | :snapshot,
+          kind:
+            :stable
+            | :backup
+            | :tmp
+            | :quarantined
+            | :snapshot
+            | :log
+            | :backup_log
+            | :log_tmp,
           size: non_neg_integer(),
           modified_us: integer(),
           format_version: 1 | 2 | nil,
@@ -65,6 +81,12 @@ defmodule PropertyTable.Persist.Native.FileInfo do
           sequence: non_neg_integer() | nil,
           rows: non_neg_integer() | nil,
           compression: 0..9 | nil,
-          status: atom()
+          status: atom(),
+          base_sequence: non_neg_integer() | nil,
+          continues: :stable | :backup | :tmp | :none | nil,
+          records: non_neg_integer() | nil,
+          valid_bytes: non_neg_integer() | nil,
+          stop_reason: atom() | nil,
+          stop_offset: non_neg_integer() | nil
         }
 end
