@@ -265,11 +265,22 @@ defmodule PropertyTable.Persist.TestHelpers do
   @doc "A `:rand` state seeded like `seed_rand!/1`, for processes other than the caller."
   def rand_state(seed, n), do: :rand.seed_s(:exsss, {seed, n, 3})
 
-  @doc "Log levels of the captured lines mentioning `fragment`."
-  def levels_mentioning(log, fragment) do
+  @doc """
+  The captured lines mentioning `fragment`, joined. `capture_log` sees every process's
+  logs, so a test running beside others must look only at the lines about its own files.
+  """
+  def lines_mentioning(log, fragment) do
     log
     |> String.split("\n")
     |> Enum.filter(&String.contains?(&1, fragment))
+    |> Enum.join("\n")
+  end
+
+  @doc "Log levels of the captured lines mentioning `fragment`."
+  def levels_mentioning(log, fragment) do
+    log
+    |> lines_mentioning(fragment)
+    |> String.split("\n")
     |> Enum.flat_map(fn line ->
       case Regex.run(
              ~r/\[(debug|info|notice|warning|warn|error|critical|alert|emergency)\]/,
