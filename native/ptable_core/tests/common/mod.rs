@@ -4,6 +4,7 @@
 
 pub mod crash;
 pub mod forge;
+pub mod log_scenarios;
 pub mod scenarios;
 pub mod simfs;
 

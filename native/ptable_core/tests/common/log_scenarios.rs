@@ -1,0 +1,468 @@
+//! Table directories with a change log on the simulated filesystem, and persists and
+//! restores of them as the NIF runs them (`crash_states_log.rs`).
+//!
+//! Tables are [`Rows`]: `{<<"p/KEY">>, <<VALUE>>}` pairs, compared as sorted pair bytes, so
+//! a restore that mixes two versions (a record half applied, a row twice) is caught.
+
+use super::options;
+use super::scenarios::{arc, table};
+use super::simfs::{NodeKind, SimFs, State};
+use ptable_core::etf_rows;
+use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::table_dir::Baseline;
+use ptable_core::{
+    open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig,
+    PersistPipeline, PersistSession, Reason, RestorePipeline, SourceKind, Step,
+};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+
+/// Rows per chunk: every table has several chunks, so the writer thread starts.
+pub const ROWS_PER_CHUNK: usize = 25;
+/// The default `:log_compaction`.
+pub const LOG_COMPACTION: f64 = 0.5;
+/// Quarantined files a restore keeps (the Elixir default).
+pub const MAX_QUARANTINED: usize = 5;
+
+/// A table: key -> value generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rows(pub BTreeMap<u32, u32>);
+
+/// A table's contents as a restore gives them: every pair's bytes, sorted.
+pub type PairSet = Vec<Vec<u8>>;
+
+fn binary(bytes: &[u8]) -> Vec<u8> {
+    let mut out = vec![109];
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// A value that compresses about as badly as real sensor readings: 32 hex digits of a
+/// hash of key and generation.
+fn value(key: u32, generation: u32) -> Vec<u8> {
+    let mut x = (u64::from(key) << 32 | u64::from(generation)) ^ 0x9E37_79B9_7F4A_7C15;
+    let mut text = format!("v{generation}:");
+    for _ in 0..2 {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 29;
+        text.push_str(&format!("{x:016x}"));
+    }
+    text.into_bytes()
+}
+
+impl Rows {
+    /// Keys `0..n`, generation 0.
+    pub fn new(n: u32) -> Self {
+        Rows((0..n).map(|k| (k, 0)).collect())
+    }
+
+    pub fn pair(key: u32, generation: u32) -> Vec<u8> {
+        let mut out = vec![104, 2];
+        out.extend(binary(format!("p/{key}").as_bytes()));
+        out.extend(binary(&value(key, generation)));
+        out
+    }
+
+    pub fn pairs(&self) -> PairSet {
+        let mut v: PairSet = self.0.iter().map(|(k, g)| Self::pair(*k, *g)).collect();
+        v.sort();
+        v
+    }
+
+    /// The chunks a persist hands over (with their row counts), in an order that depends
+    /// on `order` (ETS gives none).
+    pub fn chunks(&self, order: usize) -> Vec<(Vec<u8>, u64)> {
+        let mut pairs: Vec<Vec<u8>> = self.0.iter().map(|(k, g)| Self::pair(*k, *g)).collect();
+        if !pairs.is_empty() {
+            let at = order % pairs.len();
+            pairs.rotate_left(at);
+        }
+        pairs
+            .chunks(ROWS_PER_CHUNK)
+            .map(|c| {
+                let mut out = Vec::new();
+                etf_rows::encode_list(c.iter().map(Vec::as_slice), &mut out).expect("encode");
+                (out, c.len() as u64)
+            })
+            .collect()
+    }
+
+    /// This table with every `every`-th row (from `from`) given a new generation, the rows
+    /// in `deletes` removed and `inserts` new keys (from 10000 + `salt`) added.
+    pub fn changed(&self, from: u32, every: u32, deletes: &[u32], inserts: u32, salt: u32) -> Self {
+        let mut rows = self.0.clone();
+        for (k, g) in rows.iter_mut() {
+            if *k >= from && (*k - from).is_multiple_of(every.max(1)) {
+                *g += 1 + salt;
+            }
+        }
+        for k in deletes {
+            rows.remove(k);
+        }
+        for i in 0..inserts {
+            rows.insert(10_000 + salt * 100 + i, salt);
+        }
+        Rows(rows)
+    }
+
+    /// A small change: one row updated, one deleted, one inserted.
+    pub fn small_change(&self, salt: u32) -> Self {
+        let keys: Vec<u32> = self.0.keys().copied().collect();
+        let update = keys[(salt as usize * 7) % keys.len()];
+        let delete = keys[(salt as usize * 13 + 3) % keys.len()];
+        let mut rows = self.0.clone();
+        *rows.get_mut(&update).expect("key") += 1;
+        if delete != update {
+            rows.remove(&delete);
+        }
+        rows.insert(20_000 + salt, salt);
+        Rows(rows)
+    }
+
+    /// A change too large for the log: most rows get a new value.
+    pub fn big_change(&self, salt: u32) -> Self {
+        self.changed(0, 1, &[], 3, salt)
+    }
+}
+
+pub fn config(baselines: &Arc<Baselines>, full: bool) -> PersistConfig {
+    PersistConfig {
+        baselines: Some(Arc::clone(baselines)),
+        log_compaction: LOG_COMPACTION,
+        full,
+    }
+}
+
+/// What a persist did, as the wrapper sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persisted {
+    pub outcome: CommitOutcome,
+    /// The first attempt answered `restart` and a full write followed (a compaction when
+    /// a log was there).
+    pub restarted: bool,
+}
+
+/// One persist attempt straight on a session: begin, append every chunk, commit.
+fn attempt_straight(
+    fs: &SimFs,
+    baselines: &Arc<Baselines>,
+    rows: &Rows,
+    full: bool,
+) -> ptable_core::Result<CommitOutcome> {
+    let mut session = PersistSession::begin_with(arc(fs), table(), options(3), config(baselines, full))?;
+    session.expect_rows(rows.0.len() as u64);
+    for (chunk, n) in rows.chunks(full as usize) {
+        session.append(&chunk, n)?;
+    }
+    session.commit()
+}
+
+/// One persist attempt as the NIF runs it: through the writer thread of a pipeline, every
+/// chunk queued without waiting when there is room; the pipeline closed after the commit.
+fn attempt_threaded(
+    fs: &SimFs,
+    baselines: &Arc<Baselines>,
+    rows: &Rows,
+    full: bool,
+) -> ptable_core::Result<CommitOutcome> {
+    let pipeline = PersistPipeline::begin(
+        arc(fs),
+        table(),
+        options(3),
+        rows.0.len() as u64,
+        MAX_QUARANTINED,
+        config(baselines, full),
+    )?;
+    let queued = rows
+        .chunks(full as usize)
+        .iter()
+        .try_for_each(|(c, n)| match pipeline.try_append(c, *n) {
+            Ok(true) => Ok(()),
+            Ok(false) => pipeline.append(c, *n),
+            Err(e) => Err(e),
+        });
+    let outcome = queued.and_then(|()| pipeline.commit());
+    pipeline.close();
+    outcome
+}
+
+/// A persist as `PropertyTable.Persist.Write` runs it: with the change log, and again as a
+/// full write when the first attempt answers `restart`. `threaded`: through the writer
+/// thread.
+pub fn persist_rows(
+    fs: &SimFs,
+    baselines: &Arc<Baselines>,
+    rows: &Rows,
+    threaded: bool,
+) -> ptable_core::Result<Persisted> {
+    let attempt = |full| {
+        if threaded {
+            attempt_threaded(fs, baselines, rows, full)
+        } else {
+            attempt_straight(fs, baselines, rows, full)
+        }
+    };
+    match attempt(false) {
+        Err(e) if e.reason == Reason::Restart => attempt(true).map(|outcome| Persisted {
+            outcome,
+            restarted: true,
+        }),
+        other => other.map(|outcome| Persisted {
+            outcome,
+            restarted: false,
+        }),
+    }
+}
+
+/// What a restore gave: the sorted pairs and the reasons of the files (or log tail) it
+/// skipped, or why it failed.
+pub type Restored = Result<(PairSet, Vec<Reason>), Reason>;
+
+/// Restores the table directory of `fs` as the NIF does: the newest file that verifies and
+/// its log (corrupt files moved aside when `quarantine`), replayed straight (`pull` on the
+/// calling thread) or through the reader thread (`threaded`). With `baselines`, a restore
+/// of the stable file leaves the directory's baseline there.
+pub fn restore_rows(
+    fs: &SimFs,
+    threaded: bool,
+    quarantine: bool,
+    baselines: Option<&Arc<Baselines>>,
+) -> Restored {
+    let keep = quarantine.then_some(MAX_QUARANTINED);
+    let (found, mut skipped, _) = restore_parts(open_newest_valid(fs, &table(), keep));
+    let (file, kind, log) = found.map_err(|e| e.reason)?;
+    let keeper = baselines
+        .filter(|_| kind == SourceKind::Stable)
+        .map(|b| BaselineKeeper {
+            baselines: Arc::clone(b),
+            dir: table(),
+        });
+    let replay = Replay::new(file, log, keeper, &mut skipped).map_err(|e| e.reason)?;
+    let pipeline = RestorePipeline::replaying(replay);
+    let pairs = if threaded {
+        streamed(&pipeline)
+    } else {
+        pulled(&pipeline)
+    };
+    pipeline.close();
+    let mut pairs = pairs?;
+    pairs.sort();
+    Ok((pairs, skipped.into_iter().map(|e| e.reason).collect()))
+}
+
+/// One step as the sink keeps it: a chunk's pairs and whether it was the last, `None` for
+/// `Done`.
+type Taken = Result<Option<(PairSet, bool)>, Reason>;
+
+fn take(step: Step<'_>) -> Taken {
+    match step {
+        Step::Chunk {
+            data, rows, last, ..
+        } => {
+            let pairs = etf_rows::all_pairs(data).map_err(|_| Reason::BadFile)?;
+            // A chunk's row count is what its rows are (the NIF checks the same).
+            if rows != Some(pairs.len() as u64) {
+                return Err(Reason::BadFile);
+            }
+            Ok(Some((pairs.iter().map(|p| p.bytes.to_vec()).collect(), last)))
+        }
+        Step::Done => Ok(None),
+        Step::Failed(e) => Err(e.reason),
+    }
+}
+
+fn pulled(pipeline: &RestorePipeline) -> Result<PairSet, Reason> {
+    let mut out = Vec::new();
+    loop {
+        let mut taken = Ok(None);
+        pipeline.pull(&mut |step: Step<'_>| {
+            taken = take(step);
+            true
+        });
+        match taken? {
+            Some((pairs, last)) => {
+                out.extend(pairs);
+                if last {
+                    return Ok(out);
+                }
+            }
+            None => return Ok(out),
+        }
+    }
+}
+
+fn streamed(pipeline: &RestorePipeline) -> Result<PairSet, Reason> {
+    let (tx, rx) = mpsc::channel();
+    pipeline
+        .stream(move |step: Step<'_>| {
+            let taken = take(step);
+            let more = matches!(taken, Ok(Some((_, false))));
+            tx.send(taken).is_ok() && more
+        })
+        .map_err(|e| e.reason)?;
+    let mut out = Vec::new();
+    loop {
+        match rx.recv() {
+            Ok(taken) => match taken? {
+                Some((pairs, last)) => {
+                    out.extend(pairs);
+                    pipeline.ack();
+                    if last {
+                        return Ok(out);
+                    }
+                }
+                None => return Ok(out),
+            },
+            // The thread ended without a final step.
+            Err(_) => return Err(Reason::Internal),
+        }
+    }
+}
+
+/// A table directory before an operation, with the baseline the VM holds.
+#[derive(Clone)]
+pub struct LogStart {
+    pub name: &'static str,
+    pub state: State,
+    /// The baseline of the VM that persists next (`None`: it has none, a full write).
+    pub baseline: Option<Baseline>,
+    /// The table a restore gives now.
+    pub rows: Rows,
+    /// The tables a restore may give after a crash before the operation (the current one
+    /// first).
+    pub old: Vec<Rows>,
+}
+
+impl LogStart {
+    /// A fresh `Baselines` holding this start's baseline.
+    pub fn baselines(&self) -> Arc<Baselines> {
+        let baselines = Arc::new(Baselines::new());
+        if let Some(b) = &self.baseline {
+            baselines.put(&table(), b.clone());
+        }
+        baselines
+    }
+}
+
+/// Builds a start: runs `persists` (each a table; straight on sessions) from a fresh
+/// directory with one `Baselines`, checking each `outcome`, makes everything durable and
+/// keeps the baseline they leave.
+pub fn build_start(name: &'static str, persists: &[(Rows, Expect)]) -> LogStart {
+    let fs = super::scenarios::fresh();
+    let baselines = Arc::new(Baselines::new());
+    for (i, (rows, expect)) in persists.iter().enumerate() {
+        let done = persist_rows(&fs, &baselines, rows, false).expect("start persist");
+        assert!(expect.matches(done), "{name}: persist {i} gave {done:?}, expected {expect:?}");
+    }
+    fs.with_state(State::sync_everything);
+    let rows = persists.last().expect("a persist").0.clone();
+    let restored = restore_rows(&fs, false, false, None).expect("start restores");
+    assert_eq!(restored.0, rows.pairs(), "{name}");
+    LogStart {
+        name,
+        state: fs.state(),
+        baseline: baselines.take(&table()),
+        rows: rows.clone(),
+        old: vec![rows.clone()],
+    }
+}
+
+/// The outcome a persist of a start or scenario must have, so that each scenario runs the
+/// path it is named after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// A full write without a restart.
+    Written,
+    /// A record appended to the log.
+    Appended,
+    /// `restart`, then a full write (a compaction when a log was there).
+    Restarted,
+}
+
+impl Expect {
+    pub fn matches(&self, p: Persisted) -> bool {
+        match self {
+            Expect::Written => p.outcome == CommitOutcome::Written && !p.restarted,
+            Expect::Appended => matches!(p.outcome, CommitOutcome::Appended(_)) && !p.restarted,
+            Expect::Restarted => p.outcome == CommitOutcome::Written && p.restarted,
+        }
+    }
+}
+
+/// `start` with the log's last `cut` bytes gone (a record cut by a power loss, its prefix
+/// durable) and the baseline a restarted VM rebuilds by restoring it: the old table is the
+/// one before the cut record.
+pub fn with_torn_tail(start: &LogStart, name: &'static str, torn: &Rows, cut: usize) -> LogStart {
+    let fs = SimFs::from_state(start.state.clone());
+    let baselines = start.baselines();
+    let done = persist_rows(&fs, &baselines, torn, false).expect("persist to tear");
+    assert!(Expect::Appended.matches(done), "{name}: {done:?}");
+    let log = table().log();
+    fs.with_state(|s| {
+        let ino = s.lookup(&log).expect("a log");
+        let NodeKind::File(f) = &mut s.nodes[ino].kind else {
+            panic!("the log is a file")
+        };
+        let len = f.current.len() - cut;
+        f.current.truncate(len);
+        s.sync_everything();
+    });
+    let baselines = Arc::new(Baselines::new());
+    let (pairs, skipped) = restore_rows(&fs, false, false, Some(&baselines)).expect("restores");
+    assert_eq!(pairs, start.rows.pairs(), "{name}: the torn record is not applied");
+    assert_eq!(skipped, vec![Reason::LogTail], "{name}");
+    LogStart {
+        name,
+        state: fs.state(),
+        baseline: Some(baselines.take(&table()).expect("a restore leaves a baseline")),
+        rows: start.rows.clone(),
+        old: start.old.clone(),
+    }
+}
+
+/// `start` with the last byte of its stable file flipped: a restore gives the backup (with
+/// its log, if any), and moves the stable file aside.
+pub fn with_rotten_stable(start: &LogStart, name: &'static str, backup: &Rows) -> LogStart {
+    let fs = SimFs::from_state(start.state.clone());
+    let stable = table().stable();
+    fs.with_state(|s| {
+        let ino = s.lookup(&stable).expect("a stable file");
+        let NodeKind::File(f) = &mut s.nodes[ino].kind else {
+            panic!("the stable file is a file")
+        };
+        let at = f.current.len() - 3;
+        f.current[at] ^= 0x40;
+        s.sync_everything();
+    });
+    let restored = restore_rows(&fs, false, false, None).expect("restores the backup");
+    assert_eq!(restored.0, backup.pairs(), "{name}");
+    LogStart {
+        name,
+        state: fs.state(),
+        baseline: None,
+        rows: backup.clone(),
+        old: vec![backup.clone()],
+    }
+}
+
+/// `start` as a restarted VM finds it: the baseline is the one a restore rebuilds.
+pub fn after_vm_restart(start: &LogStart, name: &'static str) -> LogStart {
+    let fs = SimFs::from_state(start.state.clone());
+    let baselines = Arc::new(Baselines::new());
+    let (pairs, _) = restore_rows(&fs, true, true, Some(&baselines)).expect("restores");
+    assert_eq!(pairs, start.rows.pairs(), "{name}");
+    LogStart {
+        name,
+        state: fs.state(),
+        baseline: Some(baselines.take(&table()).expect("a restore leaves a baseline")),
+        ..start.clone()
+    }
+}
+
+/// The names in the table directory (for messages).
+pub fn names(state: &State) -> Vec<String> {
+    state.names(Path::new(super::scenarios::TABLE))
+}
