@@ -187,8 +187,7 @@ fn check(
     let allowed_old = point < rec.done;
     let restored = match &straight {
         Ok((pairs, _)) if *pairs == new.pairs() => new,
-        Ok((pairs, _)) if allowed_old => match scn.start.old.iter().find(|o| o.pairs() == *pairs)
-        {
+        Ok((pairs, _)) if allowed_old => match scn.start.old.iter().find(|o| o.pairs() == *pairs) {
             Some(old) => old,
             None => {
                 return Err(format!(
@@ -236,6 +235,8 @@ struct Report {
     crash_points: usize,
     totals: Counts,
     log_tail: usize,
+    /// States of `torn_append_states` (beyond the explored count of `crash.rs`).
+    torn_appends: usize,
     next_persists: usize,
     next_appended: usize,
     failures: Vec<String>,
@@ -250,6 +251,7 @@ fn explore(scn: &Scenario) -> Report {
         crash_points: rec.history.len(),
         totals: Counts::default(),
         log_tail: 0,
+        torn_appends: 0,
         next_persists: 0,
         next_appended: 0,
         failures: Vec::new(),
@@ -257,7 +259,7 @@ fn explore(scn: &Scenario) -> Report {
     };
     for (point, (what, state)) in rec.history.iter().enumerate() {
         let mut index = 0usize;
-        let counts = for_each_crash_state(state, CAP, point as u64, |crashed, describe_choice| {
+        let mut run = |crashed: State, describe_choice: &dyn Fn() -> String| {
             let next = (index < 2 || index.is_multiple_of(NEXT_EVERY))
                 .then_some((point * 31 + index) as u32 + 1);
             index += 1;
@@ -281,7 +283,13 @@ fn explore(scn: &Scenario) -> Report {
                     }
                 }
             }
-        });
+        };
+        let counts = for_each_crash_state(state, CAP, point as u64, &mut run);
+        let torn = torn_append_states(state);
+        report.torn_appends += torn.len();
+        for (label, crashed) in torn {
+            run(crashed, &|| label.clone());
+        }
         report.totals.possible += counts.possible;
         report.totals.explored += counts.explored;
         report.totals.sampled_dirs += counts.sampled_dirs;
@@ -300,7 +308,10 @@ fn scenarios() -> Vec<Scenario> {
     let t2 = t1.small_change(2);
     let base = build_start(
         "a base without a log",
-        &[(pre.clone(), Expect::Written), (t0.clone(), Expect::Restarted)],
+        &[
+            (pre.clone(), Expect::Written),
+            (t0.clone(), Expect::Restarted),
+        ],
     );
     let logged = build_start(
         "a base with a log of 2 records",
@@ -335,6 +346,9 @@ fn scenarios() -> Vec<Scenario> {
     // give t2.
     let rotten = with_rotten_stable(&compacted, "a compacted base that rotted", &t2);
 
+    let moved = with_log_as_backup_log(&logged, "a log under the backup log's name");
+    let (full_log, no_room) = with_full_log(&logged, "a log at its compaction threshold", 100);
+
     let persist = |rows: Rows, expect| Op::Persist(rows, expect);
     let direct = vec![
         Scenario::new(
@@ -353,6 +367,16 @@ fn scenarios() -> Vec<Scenario> {
             persist(t2.small_change(13), Expect::Appended),
         ),
         Scenario::new(
+            "persist of the unchanged table",
+            &logged,
+            persist(t2.clone(), Expect::Unchanged),
+        ),
+        Scenario::new(
+            "append (a new log)",
+            &moved,
+            persist(t2.small_change(18), Expect::Appended),
+        ),
+        Scenario::new(
             "append after a torn tail",
             &torn,
             persist(t2.small_change(14), Expect::Appended),
@@ -363,16 +387,57 @@ fn scenarios() -> Vec<Scenario> {
             persist(t2.big_change(15), Expect::Restarted),
         ),
         Scenario::new(
+            "compaction for want of room",
+            &full_log,
+            persist(no_room, Expect::Restarted),
+        ),
+        Scenario::new(
+            "compaction",
+            &torn,
+            persist(t2.big_change(17), Expect::Restarted),
+        ),
+        Scenario::new(
             "second compaction",
             &compacted,
             persist(t5.big_change(16), Expect::Restarted),
         ),
     ];
     let restores = vec![
-        Scenario::new("restore", &logged, Op::Restore { writes_nothing: true }),
-        Scenario::new("restore", &torn, Op::Restore { writes_nothing: true }),
-        Scenario::new("restore", &compacted, Op::Restore { writes_nothing: true }),
-        Scenario::new("restore", &rotten, Op::Restore { writes_nothing: false }),
+        Scenario::new(
+            "restore",
+            &logged,
+            Op::Restore {
+                writes_nothing: true,
+            },
+        ),
+        Scenario::new(
+            "restore",
+            &torn,
+            Op::Restore {
+                writes_nothing: true,
+            },
+        ),
+        Scenario::new(
+            "restore",
+            &moved,
+            Op::Restore {
+                writes_nothing: true,
+            },
+        ),
+        Scenario::new(
+            "restore",
+            &compacted,
+            Op::Restore {
+                writes_nothing: true,
+            },
+        ),
+        Scenario::new(
+            "restore",
+            &rotten,
+            Op::Restore {
+                writes_nothing: false,
+            },
+        ),
     ];
     let threaded: Vec<Scenario> = direct
         .iter()
@@ -409,36 +474,44 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
     let mut threaded = (0, 0);
     let mut next = (0, 0);
     let mut log_tail = 0;
+    let mut torn = 0;
     let mut failures = Vec::new();
     let mut failure_count = 0;
     for r in &reports {
         println!(
             "{:<80} {:>3} crash points, {:>5} states explored of {:>6} allowed \
              (max {} pending entries in a directory, {} sampled directories), \
-             {} with a log tail skipped, {} next persists ({} appended), {} failures",
+             + {} torn appends, {} with a log tail skipped, {} next persists ({} appended), \
+             {} failures",
             r.name,
             r.crash_points,
             r.totals.explored,
             r.totals.possible,
             r.totals.max_pending_entries,
             r.totals.sampled_dirs,
+            r.torn_appends,
             r.log_tail,
             r.next_persists,
             r.next_appended,
             r.failure_count,
         );
-        explored += r.totals.explored;
+        explored += r.totals.explored + r.torn_appends;
+        torn += r.torn_appends;
         log_tail += r.log_tail;
         next.0 += r.next_persists;
         next.1 += r.next_appended;
         if r.threaded_persist {
             threaded.0 += 1;
-            threaded.1 += r.totals.explored;
+            threaded.1 += r.totals.explored + r.torn_appends;
         }
         failure_count += r.failure_count;
         failures.extend(r.failures.iter().cloned());
     }
     println!("crash states explored in total: {explored}");
+    println!(
+        "of which {torn} torn appends (a record cut at its header's fields and quarters, or \
+         zeros where its bytes did not arrive)"
+    );
     println!(
         "of which {} in {} scenarios persisting through the writer thread; every state \
          restored both straight and through the reader thread",
@@ -454,12 +527,16 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
         "{failure_count} crash states failed, first ones:\n{}",
         failures.join("\n")
     );
-    assert!(explored >= 3000, "only {explored} crash states explored");
+    assert!(explored >= 4000, "only {explored} crash states explored");
     assert!(
-        threaded.1 >= 1500,
+        threaded.1 >= 2000,
         "only {} crash states of the writer thread",
         threaded.1
     );
-    assert!(log_tail >= 50, "only {log_tail} states with a torn log tail");
-    assert!(next.1 >= 100, "only {} next persists appended", next.1);
+    assert!(torn >= 300, "only {torn} torn appends");
+    assert!(
+        log_tail >= 1000,
+        "only {log_tail} states with a torn log tail"
+    );
+    assert!(next.1 >= 500, "only {} next persists appended", next.1);
 }

@@ -10,9 +10,10 @@ use super::simfs::{NodeKind, SimFs, State};
 use ptable_core::etf_rows;
 use ptable_core::pipeline::{BaselineKeeper, Replay};
 use ptable_core::table_dir::Baseline;
+use ptable_core::Fs;
 use ptable_core::{
-    open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig,
-    PersistPipeline, PersistSession, Reason, RestorePipeline, SourceKind, Step,
+    open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
+    PersistSession, Reason, RestorePipeline, SourceKind, Step,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -152,7 +153,8 @@ fn attempt_straight(
     rows: &Rows,
     full: bool,
 ) -> ptable_core::Result<CommitOutcome> {
-    let mut session = PersistSession::begin_with(arc(fs), table(), options(3), config(baselines, full))?;
+    let mut session =
+        PersistSession::begin_with(arc(fs), table(), options(3), config(baselines, full))?;
     session.expect_rows(rows.0.len() as u64);
     for (chunk, n) in rows.chunks(full as usize) {
         session.append(&chunk, n)?;
@@ -176,14 +178,14 @@ fn attempt_threaded(
         MAX_QUARANTINED,
         config(baselines, full),
     )?;
-    let queued = rows
-        .chunks(full as usize)
-        .iter()
-        .try_for_each(|(c, n)| match pipeline.try_append(c, *n) {
-            Ok(true) => Ok(()),
-            Ok(false) => pipeline.append(c, *n),
-            Err(e) => Err(e),
-        });
+    let queued =
+        rows.chunks(full as usize)
+            .iter()
+            .try_for_each(|(c, n)| match pipeline.try_append(c, *n) {
+                Ok(true) => Ok(()),
+                Ok(false) => pipeline.append(c, *n),
+                Err(e) => Err(e),
+            });
     let outcome = queued.and_then(|()| pipeline.commit());
     pipeline.close();
     outcome
@@ -267,7 +269,10 @@ fn take(step: Step<'_>) -> Taken {
             if rows != Some(pairs.len() as u64) {
                 return Err(Reason::BadFile);
             }
-            Ok(Some((pairs.iter().map(|p| p.bytes.to_vec()).collect(), last)))
+            Ok(Some((
+                pairs.iter().map(|p| p.bytes.to_vec()).collect(),
+                last,
+            )))
         }
         Step::Done => Ok(None),
         Step::Failed(e) => Err(e.reason),
@@ -355,7 +360,10 @@ pub fn build_start(name: &'static str, persists: &[(Rows, Expect)]) -> LogStart 
     let baselines = Arc::new(Baselines::new());
     for (i, (rows, expect)) in persists.iter().enumerate() {
         let done = persist_rows(&fs, &baselines, rows, false).expect("start persist");
-        assert!(expect.matches(done), "{name}: persist {i} gave {done:?}, expected {expect:?}");
+        assert!(
+            expect.matches(done),
+            "{name}: persist {i} gave {done:?}, expected {expect:?}"
+        );
     }
     fs.with_state(State::sync_everything);
     let rows = persists.last().expect("a persist").0.clone();
@@ -380,6 +388,8 @@ pub enum Expect {
     Appended,
     /// `restart`, then a full write (a compaction when a log was there).
     Restarted,
+    /// Nothing to write.
+    Unchanged,
 }
 
 impl Expect {
@@ -388,6 +398,7 @@ impl Expect {
             Expect::Written => p.outcome == CommitOutcome::Written && !p.restarted,
             Expect::Appended => matches!(p.outcome, CommitOutcome::Appended(_)) && !p.restarted,
             Expect::Restarted => p.outcome == CommitOutcome::Written && p.restarted,
+            Expect::Unchanged => p.outcome == CommitOutcome::Unchanged && !p.restarted,
         }
     }
 }
@@ -412,12 +423,20 @@ pub fn with_torn_tail(start: &LogStart, name: &'static str, torn: &Rows, cut: us
     });
     let baselines = Arc::new(Baselines::new());
     let (pairs, skipped) = restore_rows(&fs, false, false, Some(&baselines)).expect("restores");
-    assert_eq!(pairs, start.rows.pairs(), "{name}: the torn record is not applied");
+    assert_eq!(
+        pairs,
+        start.rows.pairs(),
+        "{name}: the torn record is not applied"
+    );
     assert_eq!(skipped, vec![Reason::LogTail], "{name}");
     LogStart {
         name,
         state: fs.state(),
-        baseline: Some(baselines.take(&table()).expect("a restore leaves a baseline")),
+        baseline: Some(
+            baselines
+                .take(&table())
+                .expect("a restore leaves a baseline"),
+        ),
         rows: start.rows.clone(),
         old: start.old.clone(),
     }
@@ -457,7 +476,11 @@ pub fn after_vm_restart(start: &LogStart, name: &'static str) -> LogStart {
     LogStart {
         name,
         state: fs.state(),
-        baseline: Some(baselines.take(&table()).expect("a restore leaves a baseline")),
+        baseline: Some(
+            baselines
+                .take(&table())
+                .expect("a restore leaves a baseline"),
+        ),
         ..start.clone()
     }
 }
@@ -465,4 +488,128 @@ pub fn after_vm_restart(start: &LogStart, name: &'static str) -> LogStart {
 /// The names in the table directory (for messages).
 pub fn names(state: &State) -> Vec<String> {
     state.names(Path::new(super::scenarios::TABLE))
+}
+
+/// Crash states of a torn append beyond the cuts of `crash.rs` (which cuts a write at its
+/// middle and one byte short): for each file that has durable bytes and writes pending past
+/// them (a record appended in place), the last write cut at each of the record header's
+/// field boundaries and at quarters of its length, and, beyond the conservative model, the
+/// file grown by that write with zeros where its bytes did not arrive (what a filesystem
+/// that makes the size durable before the data leaves). Every other pending change all
+/// reached the disk, or none did.
+pub fn torn_append_states(state: &State) -> Vec<(String, State)> {
+    let mut out = Vec::new();
+    for (ino, node) in state.nodes.iter().enumerate() {
+        let NodeKind::File(f) = &node.kind else {
+            continue;
+        };
+        let appends = !f.durable.is_empty()
+            && f.pending
+                .iter()
+                .all(|op| op.offset() as usize >= f.durable.len());
+        let Some(last) = f.pending.last().filter(|_| appends) else {
+            continue;
+        };
+        let len = last.len();
+        let before = {
+            let mut buf = f.durable.clone();
+            for op in &f.pending[..f.pending.len() - 1] {
+                op.apply(&mut buf, usize::MAX);
+            }
+            buf
+        };
+        let mut variants: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut cuts: Vec<usize> = [1, 4, 8, 12, 16, 20, 24, 28, 32, 36, 44, 47, 48, 49, 56]
+            .into_iter()
+            .chain([len / 4, len / 2, 3 * len / 4, len.saturating_sub(8)])
+            .chain([len.saturating_sub(2), len.saturating_sub(1)])
+            .filter(|&k| k > 0 && k < len)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        for keep in cuts {
+            let mut buf = before.clone();
+            last.apply(&mut buf, keep);
+            variants.push((format!("last write cut at {keep}/{len}"), buf.clone()));
+            buf.resize(last.offset() as usize + len, 0);
+            variants.push((format!("last write: {keep}/{len} bytes, then zeros"), buf));
+        }
+        let mut zeros = before.clone();
+        zeros.resize(last.offset() as usize + len, 0);
+        variants.push((format!("last write: {len} zeros"), zeros));
+        for (label, bytes) in variants {
+            for others in [true, false] {
+                let mut s = if others {
+                    let mut s = state.clone();
+                    s.sync_everything();
+                    s
+                } else {
+                    super::crash::durable_only(state)
+                };
+                let NodeKind::File(file) = &mut s.nodes[ino].kind else {
+                    unreachable!("the same inode")
+                };
+                file.durable = bytes.clone();
+                file.current = bytes.clone();
+                let others = if others { "all" } else { "none" };
+                out.push((
+                    format!("#{ino}: {label}; other pending changes: {others}"),
+                    s,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// `start` with small changes appended (`salt` counting up) until the next one would take
+/// the log past its compaction threshold (found by trying it on a copy): that one is
+/// returned with the start, and its persist compacts for want of room.
+pub fn with_full_log(start: &LogStart, name: &'static str, salt: u32) -> (LogStart, Rows) {
+    let fs = SimFs::from_state(start.state.clone());
+    let baselines = start.baselines();
+    let mut rows = start.rows.clone();
+    for i in 0..200 {
+        let next = rows.small_change(salt + i);
+        let probe = SimFs::from_state(fs.state());
+        let probe_baselines = Arc::new(Baselines::new());
+        if let Some(b) = baselines.take(&table()) {
+            probe_baselines.put(&table(), b.clone());
+            baselines.put(&table(), b);
+        }
+        let tried = persist_rows(&probe, &probe_baselines, &next, false).expect("probe");
+        if Expect::Restarted.matches(tried) {
+            assert!(i >= 2, "{name}: the log filled after {i} records");
+            fs.with_state(State::sync_everything);
+            let full = LogStart {
+                name,
+                state: fs.state(),
+                baseline: baselines.take(&table()),
+                rows: rows.clone(),
+                old: vec![rows],
+            };
+            return (full, next);
+        }
+        let done = persist_rows(&fs, &baselines, &next, false).expect("append");
+        assert!(Expect::Appended.matches(done), "{name}: {done:?}");
+        rows = next;
+    }
+    panic!("{name}: the log never filled")
+}
+
+/// `start` after a compaction cut short once its log was renamed to the backup log's name
+/// (the stable file not yet renamed): the base's log is under the backup log's name, and
+/// the baseline is the one a restarted VM rebuilds by restoring it.
+pub fn with_log_as_backup_log(start: &LogStart, name: &'static str) -> LogStart {
+    let fs = SimFs::from_state(start.state.clone());
+    fs.rename(&table().log(), &table().backup_log())
+        .expect("a log to rename");
+    fs.with_state(State::sync_everything);
+    after_vm_restart(
+        &LogStart {
+            state: fs.state(),
+            ..start.clone()
+        },
+        name,
+    )
 }
