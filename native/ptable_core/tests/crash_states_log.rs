@@ -22,8 +22,8 @@ mod common;
 
 use common::crash::{for_each_crash_state, Counts};
 use common::log_scenarios::*;
-use common::scenarios::TABLE;
-use common::simfs::{describe, SimFs, State};
+use common::scenarios::{table, TABLE};
+use common::simfs::{describe, CallKind, SimFs, State};
 use ptable_core::{Baselines, CommitOutcome, Reason};
 use std::path::Path;
 use std::sync::Arc;
@@ -335,7 +335,7 @@ fn scenarios() -> Vec<Scenario> {
         "a compacted base with a log and a backup log",
         &[
             (pre, Expect::Written),
-            (t0, Expect::Restarted),
+            (t0.clone(), Expect::Restarted),
             (t1, Expect::Appended),
             (t2.clone(), Expect::Appended),
             (t4, Expect::Restarted),
@@ -347,6 +347,23 @@ fn scenarios() -> Vec<Scenario> {
     let rotten = with_rotten_stable(&compacted, "a compacted base that rotted", &t2);
 
     let moved = with_log_as_backup_log(&logged, "a log under the backup log's name");
+    // The previous VM's append failed at its fsync (of the record, of the directory after
+    // the new log's rename); persisting the table it restores must make that durable.
+    let t3 = t2.small_change(19);
+    let unsynced_record = after_failed_sync(
+        &logged,
+        "a log whose last append's fsync failed",
+        &t3,
+        CallKind::Sync,
+        &table().log(),
+    );
+    let unsynced_log = after_failed_sync(
+        &base,
+        "a new log whose directory fsync failed",
+        &base.rows.small_change(20),
+        CallKind::SyncDir,
+        Path::new(TABLE),
+    );
     let (full_log, no_room) = with_full_log(&logged, "a log at its compaction threshold", 100);
 
     let persist = |rows: Rows, expect| Op::Persist(rows, expect);
@@ -370,6 +387,33 @@ fn scenarios() -> Vec<Scenario> {
             "persist of the unchanged table",
             &logged,
             persist(t2.clone(), Expect::Unchanged),
+        ),
+        Scenario::new(
+            "persist of the same table again",
+            &unsynced_record,
+            persist(t3.clone(), Expect::Unchanged),
+        ),
+        Scenario::new(
+            "persist of the same table again",
+            &unsynced_log,
+            persist(unsynced_log.rows.clone(), Expect::Unchanged),
+        ),
+        Scenario::new(
+            "append",
+            &unsynced_record,
+            persist(t3.small_change(21), Expect::Appended),
+        ),
+        // The table equal to the base alone: it must not be taken for unchanged while
+        // the base's log (under either name) changes it.
+        Scenario::new(
+            "persist of the base's table",
+            &without_baseline(&logged, "a base with a log of 2 records, no baseline"),
+            persist(t0.clone(), Expect::Written),
+        ),
+        Scenario::new(
+            "persist of the base's table",
+            &without_baseline(&moved, "a log under the backup log's name, no baseline"),
+            persist(t0.clone(), Expect::Written),
         ),
         Scenario::new(
             "append (a new log)",

@@ -106,6 +106,14 @@ pub fn log_verifies(fs: &dyn Fs, log: &LogState) -> bool {
         && (clean_end || log.valid_len < log.file_len)
 }
 
+/// Makes the log's bytes durable. A restore reads what the OS has, durable or not: after an
+/// append whose fsync failed, a restarted VM's baseline holds a record that a power cut
+/// may still take away, and a persist of that very table finds nothing to append.
+pub fn sync_log(fs: &dyn Fs, log: &LogState) -> Result<()> {
+    let io = |e: std::io::Error| Error::io(&e, &log.path);
+    fs.open_append(&log.path).map_err(io)?.sync().map_err(io)
+}
+
 /// Appends `record` (record number `log.records + 1`, or the first record of a new log with
 /// `header` when `log` is `None`) durably, as the module documentation says, and returns
 /// the log's new state. On error, the log is as it was or ends in a torn record (which

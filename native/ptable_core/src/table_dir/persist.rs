@@ -3,7 +3,7 @@
 //! compare with the stable file, write the tmp file only from the first difference on,
 //! install it, snapshot the result.
 
-use super::log::{append_record, log_unchanged, log_verifies};
+use super::log::{append_record, find_log, log_unchanged, log_verifies, sync_log};
 use super::snapshots::snapshot_stable;
 use super::{
     ensure_dir, install_tmp_as_stable, lock_dir, next_stable_sequence, remove_if_present, BaseId,
@@ -177,7 +177,9 @@ impl PersistSession {
     }
 
     /// Compares with the stable file when it alone is the persisted state (a version 2 file
-    /// written with the same options, and no log), else starts the tmp file.
+    /// written with the same options, and no log: neither a `data.ptable.log` nor a log
+    /// continuing it under the backup log's name, where a compaction cut short between its
+    /// renames leaves it), else starts the tmp file.
     fn full_mode(
         fs: &dyn Fs,
         dir: &TableDir,
@@ -187,7 +189,7 @@ impl PersistSession {
     ) -> Result<Mode> {
         let comparable = stable
             .filter(|file| is_comparable(file, options))
-            .filter(|_| !exists(fs, &dir.log()));
+            .filter(|file| !exists(fs, &dir.log()) && !continued_by_log(fs, dir, file));
         if let Some(stable) = comparable {
             return Ok(Mode::Comparing {
                 stable: Box::new(stable),
@@ -426,6 +428,9 @@ impl PersistSession {
         let (mut index, changes) = diff.finish_owned();
         let changes = changes.map_err(|_| restart())?;
         if changes.is_empty() {
+            if let Some(log) = &log {
+                sync_log(self.fs.as_ref(), log)?;
+            }
             self.fs
                 .sync_dir(self.dir.root())
                 .map_err(|e| Error::io(&e, self.dir.root()))?;
@@ -598,6 +603,15 @@ fn random_seed() -> Result<u64> {
 
 fn exists(fs: &dyn Fs, path: &std::path::Path) -> bool {
     !matches!(fs.metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Whether a log may continue `stable`: one under either name names it, or one could not
+/// be read.
+fn continued_by_log(fs: &dyn Fs, dir: &TableDir, stable: &TableFile) -> bool {
+    stable.header().current().is_none_or(|h| {
+        let (found, failures) = find_log(fs, dir, h);
+        found.is_some() || !failures.is_empty()
+    })
 }
 
 /// `baseline` if it still describes the directory: its base is the stable file (by

@@ -73,14 +73,11 @@ impl Rows {
         v
     }
 
-    /// The chunks a persist hands over (with their row counts), in an order that depends
-    /// on `order` (ETS gives none).
-    pub fn chunks(&self, order: usize) -> Vec<(Vec<u8>, u64)> {
-        let mut pairs: Vec<Vec<u8>> = self.0.iter().map(|(k, g)| Self::pair(*k, *g)).collect();
-        if !pairs.is_empty() {
-            let at = order % pairs.len();
-            pairs.rotate_left(at);
-        }
+    /// The chunks a persist hands over (with their row counts), in key order: like an ETS
+    /// traversal, the same for the same contents, so a table equal to a full file's is
+    /// handed over chunk for chunk as that file holds it.
+    pub fn chunks(&self) -> Vec<(Vec<u8>, u64)> {
+        let pairs: Vec<Vec<u8>> = self.0.iter().map(|(k, g)| Self::pair(*k, *g)).collect();
         pairs
             .chunks(ROWS_PER_CHUNK)
             .map(|c| {
@@ -156,7 +153,7 @@ fn attempt_straight(
     let mut session =
         PersistSession::begin_with(arc(fs), table(), options(3), config(baselines, full))?;
     session.expect_rows(rows.0.len() as u64);
-    for (chunk, n) in rows.chunks(full as usize) {
+    for (chunk, n) in rows.chunks() {
         session.append(&chunk, n)?;
     }
     session.commit()
@@ -178,14 +175,14 @@ fn attempt_threaded(
         MAX_QUARANTINED,
         config(baselines, full),
     )?;
-    let queued =
-        rows.chunks(full as usize)
-            .iter()
-            .try_for_each(|(c, n)| match pipeline.try_append(c, *n) {
-                Ok(true) => Ok(()),
-                Ok(false) => pipeline.append(c, *n),
-                Err(e) => Err(e),
-            });
+    let queued = rows
+        .chunks()
+        .iter()
+        .try_for_each(|(c, n)| match pipeline.try_append(c, *n) {
+            Ok(true) => Ok(()),
+            Ok(false) => pipeline.append(c, *n),
+            Err(e) => Err(e),
+        });
     let outcome = queued.and_then(|()| pipeline.commit());
     pipeline.close();
     outcome
@@ -612,4 +609,53 @@ pub fn with_log_as_backup_log(start: &LogStart, name: &'static str) -> LogStart 
         },
         name,
     )
+}
+
+/// `start` after a persist of `rows` whose append failed at its last call of `kind` on
+/// `path` (EIO): what that call should have made durable is not, though a restore (which
+/// reads what the OS has, durable or not) sees it. The VM then restarted: its baseline is
+/// the one a restore rebuilds. A restore may give the start's table or `rows`.
+pub fn after_failed_sync(
+    start: &LogStart,
+    name: &'static str,
+    rows: &Rows,
+    kind: super::simfs::CallKind,
+    path: &Path,
+) -> LogStart {
+    let probe = SimFs::from_state(start.state.clone());
+    probe.reset_calls();
+    let done = persist_rows(&probe, &start.baselines(), rows, false).expect("probe");
+    assert!(Expect::Appended.matches(done), "{name}: {done:?}");
+    let index = probe
+        .calls()
+        .iter()
+        .rposition(|c| c.kind == kind && c.path == path)
+        .unwrap_or_else(|| panic!("{name}: no {kind:?} of {}", path.display()));
+    let fs = SimFs::from_state(start.state.clone());
+    fs.reset_calls();
+    fs.inject_fault(index, 5);
+    let err = persist_rows(&fs, &start.baselines(), rows, false).expect_err("the sync fails");
+    assert_eq!(err.reason, Reason::Os("eio"), "{name}");
+    fs.clear_fault();
+    let mut old = start.old.clone();
+    old.push(rows.clone());
+    after_vm_restart(
+        &LogStart {
+            state: fs.state(),
+            rows: rows.clone(),
+            old,
+            ..start.clone()
+        },
+        name,
+    )
+}
+
+/// `start` as a VM without its baseline finds it (it has none for this directory: logs
+/// disabled, a snapshot's `full` persist, or a failed persist dropped it).
+pub fn without_baseline(start: &LogStart, name: &'static str) -> LogStart {
+    LogStart {
+        name,
+        baseline: None,
+        ..start.clone()
+    }
 }
