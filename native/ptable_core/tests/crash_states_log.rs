@@ -338,7 +338,7 @@ fn scenarios() -> Vec<Scenario> {
             (t0.clone(), Expect::Restarted),
             (t1, Expect::Appended),
             (t2.clone(), Expect::Appended),
-            (t4, Expect::Restarted),
+            (t4.clone(), Expect::Restarted),
             (t5.clone(), Expect::Appended),
         ],
     );
@@ -365,6 +365,8 @@ fn scenarios() -> Vec<Scenario> {
         Path::new(TABLE),
     );
     let (full_log, no_room) = with_full_log(&logged, "a log at its compaction threshold", 100);
+
+    let quarantined = after_restore(&rotten, "a compacted base that rotted, moved aside");
 
     let persist = |rows: Rows, expect| Op::Persist(rows, expect);
     let direct = vec![
@@ -414,6 +416,12 @@ fn scenarios() -> Vec<Scenario> {
             "persist of the base's table",
             &without_baseline(&moved, "a log under the backup log's name, no baseline"),
             persist(t0.clone(), Expect::Written),
+        ),
+        // The rotten base's contents again: its log must not come back with them.
+        Scenario::new(
+            "persist of the rotten base's table",
+            &quarantined,
+            persist(t4.clone(), Expect::Written),
         ),
         Scenario::new(
             "append (a new log)",

@@ -145,10 +145,19 @@ fn sequence_of(fs: &dyn Fs, path: &Path) -> Option<u64> {
 }
 
 /// The next sequence number of the stable lineage, from the stable file (already opened,
-/// if it opens) and the backup.
+/// if it opens), the backup and the bases the logs name. A log outlives its base when that
+/// base is moved aside as corrupt: a new file of the same contents must not get its
+/// sequence, or the old log (which names a base by sequence and content digest) would
+/// apply to it.
 fn next_stable_sequence(fs: &dyn Fs, dir: &TableDir, stable: Option<&TableFile>) -> u64 {
+    let logs = [dir.log(), dir.backup_log()].map(|path| {
+        open_log(fs, &path)
+            .ok()
+            .map(|l| l.reader.header().base_sequence)
+    });
     let newest = [stable.and_then(sequence_in), sequence_of(fs, &dir.backup())]
         .into_iter()
+        .chain(logs)
         .flatten()
         .max()
         .unwrap_or(0);

@@ -659,3 +659,19 @@ pub fn without_baseline(start: &LogStart, name: &'static str) -> LogStart {
         ..start.clone()
     }
 }
+
+/// `start` after a restore as the NIF runs it (corrupt files moved aside), everything
+/// durable; the VM that persists next has the baseline that restore left, if any.
+pub fn after_restore(start: &LogStart, name: &'static str) -> LogStart {
+    let fs = SimFs::from_state(start.state.clone());
+    let baselines = Arc::new(Baselines::new());
+    let (pairs, _) = restore_rows(&fs, false, true, Some(&baselines)).expect("restores");
+    assert_eq!(pairs, start.rows.pairs(), "{name}");
+    fs.with_state(State::sync_everything);
+    LogStart {
+        name,
+        state: fs.state(),
+        baseline: baselines.take(&table()),
+        ..start.clone()
+    }
+}
