@@ -161,6 +161,8 @@ struct Seen {
     log_tail: bool,
     /// The next persist ran, and appended to the log.
     next: Option<bool>,
+    /// `backup_keeps_its_log` was checked.
+    rotted: bool,
 }
 
 /// Everything a crash state must satisfy; `Err` says what was wrong.
@@ -207,7 +209,14 @@ fn check(
     let mut seen = Seen {
         log_tail: matches!(&straight, Ok((_, s)) if s.contains(&Reason::LogTail)),
         next: None,
+        rotted: false,
     };
+    // A compaction's new base in place and the old one as the backup: the next persist
+    // always runs, and then the stable file rots (see `backup_keeps_its_log`).
+    let rot_after_next = matches!(scn.op, Op::Persist(_, Expect::Restarted))
+        && std::ptr::eq(restored, new)
+        && fs.state().read(&table().backup()) == scn.start.state.read(&table().stable());
+    let next_persist = next_persist.or(rot_after_next.then_some(point as u32 + 1));
     if let Some(salt) = next_persist {
         // The rebooted VM changes a little of what it restored and persists it, half the
         // time through the writer thread, with the baseline the restore left.
@@ -225,8 +234,28 @@ fn check(
             ));
         }
         seen.next = Some(matches!(persisted.outcome, CommitOutcome::Appended(_)));
+        if rot_after_next {
+            backup_keeps_its_log(scn, fs.state())?;
+            seen.rotted = true;
+        }
     }
     Ok(seen)
+}
+
+/// After a compaction has put the new base in place and the next persist has run, the
+/// stable file rotting must still leave the table before the compaction: the old base, now
+/// the backup, with its log, which the next persist's new log must not have replaced.
+fn backup_keeps_its_log(scn: &Scenario, state: State) -> Result<(), String> {
+    let fs = SimFs::from_state(state);
+    ptable_core::Fs::remove_file(&fs, &table().stable()).map_err(|e| e.to_string())?;
+    match restore_rows(&fs, false, false, None) {
+        Ok((pairs, _)) if pairs == scn.start.rows.pairs() => Ok(()),
+        other => Err(format!(
+            "with the stable file gone after the next persist, restore gave {}, expected \
+             the table before the compaction",
+            describe_restored(&other, scn)
+        )),
+    }
 }
 
 struct Report {
@@ -235,6 +264,8 @@ struct Report {
     crash_points: usize,
     totals: Counts,
     log_tail: usize,
+    /// States where `backup_keeps_its_log` was checked.
+    rotted: usize,
     /// States of `torn_append_states` (beyond the explored count of `crash.rs`).
     torn_appends: usize,
     next_persists: usize,
@@ -251,6 +282,7 @@ fn explore(scn: &Scenario) -> Report {
         crash_points: rec.history.len(),
         totals: Counts::default(),
         log_tail: 0,
+        rotted: 0,
         torn_appends: 0,
         next_persists: 0,
         next_appended: 0,
@@ -267,6 +299,7 @@ fn explore(scn: &Scenario) -> Report {
             match check(scn, &rec, point, crashed, next) {
                 Ok(seen) => {
                     report.log_tail += usize::from(seen.log_tail);
+                    report.rotted += usize::from(seen.rotted);
                     if let Some(appended) = seen.next {
                         report.next_persists += 1;
                         report.next_appended += usize::from(appended);
@@ -526,6 +559,7 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
     let mut threaded = (0, 0);
     let mut next = (0, 0);
     let mut log_tail = 0;
+    let mut rotted = 0;
     let mut torn = 0;
     let mut failures = Vec::new();
     let mut failure_count = 0;
@@ -550,6 +584,7 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
         explored += r.totals.explored + r.torn_appends;
         torn += r.torn_appends;
         log_tail += r.log_tail;
+        rotted += r.rotted;
         next.0 += r.next_persists;
         next.1 += r.next_appended;
         if r.threaded_persist {
@@ -560,6 +595,10 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
         failures.extend(r.failures.iter().cloned());
     }
     println!("crash states explored in total: {explored}");
+    println!(
+        "{rotted} states after a compaction's install and the next persist still restored \
+         the table before the compaction from the backup and its log, the stable file gone"
+    );
     println!(
         "of which {torn} torn appends (a record cut at its header's fields and quarters, or \
          zeros where its bytes did not arrive)"
@@ -591,4 +630,8 @@ fn every_crash_state_of_the_change_log_restores_old_or_new_table() {
         "only {log_tail} states with a torn log tail"
     );
     assert!(next.1 >= 1500, "only {} next persists appended", next.1);
+    assert!(
+        rotted >= 16,
+        "only {rotted} states with the stable file gone"
+    );
 }

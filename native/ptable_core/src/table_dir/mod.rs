@@ -172,12 +172,18 @@ fn install_tmp_as_stable(fs: &dyn Fs, dir: &TableDir, max_quarantined: usize) ->
     match open_verified(fs, &stable) {
         Ok(_) => {
             // The log goes with its base, which it names: a cut between the two renames
-            // leaves each log beside its base under either name (see `log`).
+            // leaves each log beside its base under either name (see `log`). The rename is
+            // made durable before the base moves: were it lost while the other renames
+            // stayed, the log would sit under the name the next append replaces, and the
+            // backup would lose the records that bring it up to the compaction point.
             match fs.rename(&dir.log(), &dir.backup_log()) {
+                Ok(()) => fs
+                    .sync_dir(dir.root())
+                    .map_err(|e| Error::io(&e, dir.root()))?,
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     return Err(Error::io(&e, &dir.log()))
                 }
-                _ => {}
+                Err(_) => {}
             }
             rotate_into_backup(fs, dir, &stable, &backup, max_quarantined)?
         }
