@@ -142,7 +142,7 @@ impl PersistSession {
         let baseline = config.baselines.as_ref().and_then(|b| b.take(&dir));
         let stable_header = stable.as_ref().and_then(|f| f.header().current().copied());
         let usable_baseline = match (baseline, stable_header) {
-            (Some(b), Some(h)) if config.logs() && !config.full => usable(fs.as_ref(), b, &h),
+            (Some(b), Some(h)) if config.logs() && !config.full => usable(fs.as_ref(), &dir, b, &h),
             _ => None,
         };
         let builder = match &usable_baseline {
@@ -605,23 +605,36 @@ fn exists(fs: &dyn Fs, path: &std::path::Path) -> bool {
     !matches!(fs.metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
-/// Whether a log may continue `stable`: one under either name names it, or one could not
-/// be read.
+/// Whether a change log may continue the base `header`: one that names it under the log's
+/// or the backup log's name (a compaction cut between its renames leaves the log under the
+/// backup log's name beside its base), or one that could not be read. Restore applies such
+/// a log, so the base alone is not the persisted state.
+fn has_log(fs: &dyn Fs, dir: &TableDir, header: &HeaderV2) -> bool {
+    let (found, failures) = find_log(fs, dir, header);
+    found.is_some() || !failures.is_empty()
+}
+
+/// Whether a log may continue `stable` (see [`has_log`]).
 fn continued_by_log(fs: &dyn Fs, dir: &TableDir, stable: &TableFile) -> bool {
-    stable.header().current().is_none_or(|h| {
-        let (found, failures) = find_log(fs, dir, h);
-        found.is_some() || !failures.is_empty()
-    })
+    stable
+        .header()
+        .current()
+        .is_none_or(|h| has_log(fs, dir, h))
 }
 
 /// `baseline` if it still describes the directory: its base is the stable file (by
-/// sequence and content digest) and its log is as it left it.
-fn usable(fs: &dyn Fs, baseline: Baseline, stable: &HeaderV2) -> Option<Baseline> {
-    let log_ok = baseline
-        .log
-        .as_ref()
-        .is_none_or(|log| log_unchanged(fs, log));
-    (baseline.base.is(stable) && log_ok).then_some(baseline)
+/// sequence and content digest) and its log is as it left it. A baseline without a log
+/// must find no log of its base either: a restore that could not read the log leaves one,
+/// and a table equal to the base would be found unchanged while restore applies the log.
+fn usable(fs: &dyn Fs, dir: &TableDir, baseline: Baseline, stable: &HeaderV2) -> Option<Baseline> {
+    if !baseline.base.is(stable) {
+        return None;
+    }
+    let log_ok = match &baseline.log {
+        Some(log) => log_unchanged(fs, log),
+        None => !has_log(fs, dir, stable),
+    };
+    log_ok.then_some(baseline)
 }
 
 impl Diffing {
