@@ -607,11 +607,13 @@ fn exists(fs: &dyn Fs, path: &std::path::Path) -> bool {
 
 /// Whether a change log may continue the base `header`: one that names it under the log's
 /// or the backup log's name (a compaction cut between its renames leaves the log under the
-/// backup log's name beside its base), or one that could not be read. Restore applies such
-/// a log, so the base alone is not the persisted state.
+/// backup log's name beside its base), or one that could not be read (restore may read
+/// it). Restore applies such a log, so the base alone is not the persisted state. A log
+/// whose header does not verify is never applied, so it does not count: it must not turn
+/// every later persist into a full write.
 fn has_log(fs: &dyn Fs, dir: &TableDir, header: &HeaderV2) -> bool {
     let (found, failures) = find_log(fs, dir, header);
-    found.is_some() || !failures.is_empty()
+    found.is_some() || failures.iter().any(|e| !e.reason.is_corruption())
 }
 
 /// Whether a log may continue `stable` (see [`has_log`]).
