@@ -9,8 +9,10 @@
 //! 4. a compaction (the append answers `restart`, the full write renames the log to the
 //!    backup log and installs a new base),
 //! 5. a second compaction (the backup log already there),
-//! 6. restores of a directory with a log, a backup and a backup log, and of a log with a
-//!    torn tail (reads of the base, the log and the backup log).
+//! 6. restores of a directory with a log, a backup and a backup log, of a log with a torn
+//!    tail, of a log under the backup log's name (a compaction cut between its renames,
+//!    also appended to) and of a log longer than the log reader's buffer (reads of the
+//!    base, the log and the backup log, in the reader thread too).
 //!
 //! After each fault:
 //!
@@ -30,7 +32,11 @@
 //!   unsynced change: for a table changed again, for one equal to the old table and for
 //!   one equal to the table of the failed persist. The persist after that (a small change,
 //!   on the baseline the first one left) restores exactly too. A baseline that believed a
-//!   failed append would make one of these diff against contents the disk does not hold.
+//!   failed append would make one of these diff against contents the disk does not hold;
+//!   so would one that ignored a log the disk holds (a persist of the base's table, its
+//!   chunks in the base's order, checks that a log of the base is never overlooked).
+//!
+//! The scenarios run on two threads; each is deterministic (fixed seed).
 
 mod change_log_support;
 mod common;
@@ -50,7 +56,7 @@ use ptable_core::table_dir::Baseline;
 use ptable_core::{Baselines, CommitOutcome, Fs, Reason};
 use rng::Rng;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -280,6 +286,7 @@ fn scenarios() -> Vec<Scenario> {
     );
     after_compactions.baseline = None;
     out.push(("restore", after_compactions, Op::Restore));
+    out.push(("restore", long_log(&mut tables), Op::Restore));
 
     let mut scenarios = Vec::new();
     for (label, setup, op) in out {
@@ -305,6 +312,33 @@ fn scenarios() -> Vec<Scenario> {
         }
     }
     scenarios
+}
+
+/// A larger table whose log has outgrown the log reader's buffer, so that the reader
+/// thread refills it while it hands out the log's chunks; as a new VM finds it.
+fn long_log(tables: &mut Tables) -> Setup {
+    let fs = fresh();
+    let baselines = Arc::new(Baselines::new());
+    let base = Table::random(&mut tables.0, 600);
+    advance(&fs, &baselines, &base, false);
+    let mut t = base.clone();
+    for _ in 0..12 {
+        t.mutate(&mut tables.0, 2, 1, 1);
+        advance(&fs, &baselines, &t, true);
+    }
+    let state = fs.state();
+    let log_len = state.read(&table().log()).expect("a log").len();
+    let base_len = state.read(&table().stable()).expect("a base").len();
+    println!("long log: {log_len} bytes after a base of {base_len}");
+    // The reader's buffer holds 8 KiB.
+    assert!(log_len > 8 * 1024, "{log_len} bytes of log");
+    Setup {
+        name: "a log longer than the reader's buffer",
+        state,
+        baseline: None,
+        table: t,
+        base,
+    }
 }
 
 /// `start` after a persist of `t` whose call `pick` chooses failed with `code`, as a new
@@ -692,6 +726,27 @@ fn inject_all(scn: &Scenario, progress: &Progress) -> Tally {
     tally
 }
 
+/// [`inject_all`] for every scenario, on two threads (each scenario is independent, and
+/// deterministic on its own): the tallies in the scenarios' order.
+fn inject_in_parallel(scenarios: &[Scenario], progress: &Progress) -> Vec<Tally> {
+    let next = AtomicUsize::new(0);
+    let tallies: Vec<Mutex<Option<Tally>>> = scenarios.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(scn) = scenarios.get(i) else { break };
+                let tally = inject_all(scn, progress);
+                *tallies[i].lock().unwrap() = Some(tally);
+            });
+        }
+    });
+    tallies
+        .into_iter()
+        .map(|t| t.into_inner().unwrap().expect("every scenario ran"))
+        .collect()
+}
+
 /// What the test is doing, for the watchdog.
 struct Progress {
     steps: AtomicU64,
@@ -745,8 +800,11 @@ fn every_failing_call_of_an_append_or_a_compaction_leaves_the_log_and_the_baseli
     let mut surfaced = BTreeMap::new();
     let (mut past_durable_point, mut fell_back) = (0, 0);
     let mut failures = Vec::new();
-    for scn in scenarios() {
-        let tally = inject_all(&scn, &progress);
+    let scenarios = scenarios();
+    for (scn, tally) in scenarios
+        .iter()
+        .zip(inject_in_parallel(&scenarios, &progress))
+    {
         println!(
             "{:<92} {:>3} faults: {:>3} reported, {:>3} tolerated, {:>2} in the writer thread, \
              {:>2} in the reader thread; by call: {:?}",
@@ -786,10 +844,14 @@ fn every_failing_call_of_an_append_or_a_compaction_leaves_the_log_and_the_baseli
         failures.len(),
         failures.join("\n")
     );
-    assert!(total >= 600, "only {total} faults injected");
+    assert!(total >= 650, "only {total} faults injected");
     assert!(
         in_writer >= 55,
         "only {in_writer} faults inside the writer thread"
+    );
+    assert!(
+        in_reader >= 4,
+        "only {in_reader} faults inside the reader thread"
     );
     for (label, floor) in [
         ("first append", 60),
@@ -798,13 +860,13 @@ fn every_failing_call_of_an_append_or_a_compaction_leaves_the_log_and_the_baseli
         ("append after a cut compaction", 70),
         ("compaction", 130),
         ("second compaction", 130),
-        ("restore", 60),
+        ("restore", 90),
     ] {
         let n = by_label.get(label).copied().unwrap_or(0);
         assert!(n >= floor, "{label}: only {n} faults injected");
     }
     assert!(past_durable_point >= 30, "only {past_durable_point}");
-    assert!(fell_back >= 30, "only {fell_back}");
+    assert!(fell_back >= 40, "only {fell_back}");
 }
 
 /// The exception in the fix above: a backup log whose header does not verify is never
