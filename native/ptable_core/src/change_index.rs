@@ -44,6 +44,33 @@ pub fn property_hash(seed: u64, property: &[u8]) -> u64 {
     xxh3_64_with_seed(property, seed)
 }
 
+/// Hash maps and sets keyed by property hashes: the keys are keyed xxh3 already, so
+/// hashing them again (std's SipHash) only costs time. A restore of a 1M-row table with a
+/// log at its threshold looks up every base row and inserts every logged row: with SipHash
+/// those maps took a third of the log's replay time.
+pub type PropertyHashes = std::hash::BuildHasherDefault<PassThrough>;
+
+/// The [`std::hash::Hasher`] of [`PropertyHashes`]: a `u64` key is its own hash.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is expected; anything else still hashes (slowly, but correctly).
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// The hash that tells whether a row changed: its whole pair's encoding, keyed with `seed`.
 pub fn pair_hash(seed: u64, pair: &[u8]) -> u128 {
     xxh3_128_with_seed(pair, seed)

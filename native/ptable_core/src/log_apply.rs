@@ -15,7 +15,9 @@
 //! is inserted exactly once, and memory does not grow with the log's pairs. [`apply`] does
 //! the same in memory; it is the tests' oracle.
 
-use crate::change_index::{pair_hash, ChangeIndex, IndexBuilder, IndexError, RowHash};
+use crate::change_index::{
+    pair_hash, ChangeIndex, IndexBuilder, IndexError, PropertyHashes, RowHash,
+};
 use crate::change_log::LogRecord;
 use crate::etf_rows::{self, EtfError};
 use std::collections::HashMap;
@@ -34,7 +36,7 @@ enum Latest {
 /// The latest operation on each row a log names.
 #[derive(Debug, Clone)]
 pub struct LogPlan {
-    latest: HashMap<u64, Latest>,
+    latest: HashMap<u64, Latest, PropertyHashes>,
     next_sequence: u64,
 }
 
@@ -69,7 +71,7 @@ impl From<EtfError> for ApplyError {
 impl Default for LogPlan {
     fn default() -> Self {
         LogPlan {
-            latest: HashMap::new(),
+            latest: HashMap::default(),
             next_sequence: 1,
         }
     }

@@ -5,7 +5,7 @@ use super::{
     LogHeader, LogRecord, LogStop, RecordFault, RecordHeader, UpsertSpan, CODEC_NONE, CODEC_ZSTD,
     LOG_HEADER_BODY_LEN, LOG_MAGIC, LOG_VERSION, MAX_RECORD_BYTES, RECORD_HEADER_LEN,
 };
-use crate::change_index::property_hash;
+use crate::change_index::{property_hash, PropertyHashes};
 use crate::codec::WINDOW_LOG_MAX;
 use crate::error::{Error, Reason, Result};
 use crate::etf_rows::{self, EtfError};
@@ -210,7 +210,11 @@ fn parse_payload(
     else {
         return Err(RecordFault::BadPayload);
     };
-    let mut names = HashSet::new();
+    // Sized by the bytes really there, never by the counts the header claims.
+    let names_max = delete_count.saturating_add(raw.len() / 8);
+    let claimed = delete_count.saturating_add(head.upsert_count as usize);
+    let mut names =
+        HashSet::with_capacity_and_hasher(claimed.min(names_max), PropertyHashes::default());
     for d in deletes.chunks_exact(8) {
         if !names.insert(u64::from_le_bytes(d.try_into().unwrap_or([0; 8]))) {
             return Err(RecordFault::DuplicateProperty);
