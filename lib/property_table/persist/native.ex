@@ -74,7 +74,8 @@ defmodule PropertyTable.Persist.Native do
   per chunk; `expected_rows` (the table's size, 0 if unknown) only sizes the compressor;
   `max_quarantined` bounds the corrupt files kept when the commit moves one aside;
   `log_compaction` (a float; 0.0 turns the change log off) is how large the log may grow,
-  as a fraction of the base file; `full` writes a full file whatever changed. Appends and
+  as a fraction of the base file's bytes and of its rows (the log's upserts and deletes);
+  `full` writes a full file whatever changed. Appends and
   the commit answer `:restart` (an error reason) when the change belongs in a full file:
   the caller then persists again with `full`.
   """

@@ -12,7 +12,7 @@ defmodule PropertyTable.Persist.Options do
     lock_timeout: 60_000,
     safe: false,
     max_quarantined: 5,
-    log_compaction: 0.5
+    log_compaction: 0.25
   ]
 
   defstruct [:table_dir | Keyword.keys(@defaults) ++ [:table_name]]

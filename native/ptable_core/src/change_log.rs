@@ -203,6 +203,11 @@ impl LogRecord {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
 
+    /// Upserts and deletes.
+    pub fn operations(&self) -> u64 {
+        (self.upserts.len() + self.delete_count) as u64
+    }
+
     /// The upserted pairs, in record order.
     pub fn upserts(&self) -> impl ExactSizeIterator<Item = Upsert<'_>> + '_ {
         self.upserts.iter().map(|s| Upsert {

@@ -176,3 +176,47 @@ fn a_persist_that_compared_with_a_baseline_does_not_snapshot() {
     let refused = pipeline.snapshot(5, &mut ids).unwrap_err();
     assert_eq!(refused.reason, Reason::Internal);
 }
+
+/// Deletes are 8 bytes each in a record, so a log of many of them stays far below the
+/// byte threshold while a restore still replays every one: the threshold bounds the log's
+/// operations (as a fraction of the base's rows) too.
+#[test]
+fn the_threshold_bounds_the_logs_operations_as_well_as_its_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let baselines = Arc::new(Baselines::new());
+    let mut rng = Rng::new(11);
+    let mut table = Table::random(&mut rng, 200);
+    // Incompressible values: the base is about 200 x 2 KiB, so half of it holds hundreds
+    // of records of deletes.
+    for value in table.rows.values_mut() {
+        *value = [109].into_iter().chain(2048u32.to_be_bytes()).collect();
+        value.extend(rng.bytes(2048));
+    }
+    assert_eq!(persist(&dir, &baselines, &table, 1), CommitOutcome::Written);
+    let mut keys = table.rows.keys().cloned().collect::<Vec<_>>().into_iter();
+    // 0.5 x 200 rows: 100 operations, in records of 30 deletes (each record < 1 KiB).
+    let base_len = std::fs::metadata(dir.stable()).unwrap().len();
+    let mut outcomes = Vec::new();
+    for round in 0..4 {
+        let log_len = std::fs::metadata(dir.log()).map_or(0, |m| m.len());
+        assert!(log_len < base_len / 20, "log {log_len} of base {base_len}");
+        for key in keys.by_ref().take(30) {
+            table.rows.remove(&key);
+        }
+        outcomes.push(persist(&dir, &baselines, &table, 2 + round));
+        assert_eq!(restore(&dir, &baselines), table.pair_set(), "round {round}");
+    }
+    assert!(
+        matches!(
+            outcomes[..3],
+            [
+                CommitOutcome::Appended(_),
+                CommitOutcome::Appended(_),
+                CommitOutcome::Appended(_)
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[3], CommitOutcome::Written, "{outcomes:?}");
+}

@@ -32,6 +32,7 @@ pub struct LogReader<R> {
     next_sequence: u64,
     valid_len: u64,
     records: u64,
+    operations: u64,
     stop: Option<LogStop>,
 }
 
@@ -66,6 +67,7 @@ impl<R: Read> LogReader<R> {
             next_sequence,
             valid_len: 0,
             records: 0,
+            operations: 0,
             stop: None,
         }
     }
@@ -90,6 +92,11 @@ impl<R: Read> LogReader<R> {
         self.records
     }
 
+    /// Upserts and deletes of the records verified so far.
+    pub fn operations(&self) -> u64 {
+        self.operations
+    }
+
     /// Why reading stopped, once it did.
     pub fn stop(&self) -> Option<LogStop> {
         self.stop
@@ -104,6 +111,7 @@ impl<R: Read> LogReader<R> {
             Ok(record) => {
                 self.valid_len += record.len;
                 self.records += 1;
+                self.operations += record.operations();
                 self.next_sequence += 1;
                 Ok(Some(record))
             }

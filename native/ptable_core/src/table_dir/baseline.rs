@@ -22,6 +22,8 @@ pub struct BaseId {
     pub content_digest: [u8; 16],
     /// Bytes of the base file: the compaction threshold is a fraction of it.
     pub file_len: u64,
+    /// Rows of the base file: the log's operations are held to the same fraction of them.
+    pub rows: u64,
 }
 
 impl BaseId {
@@ -30,6 +32,7 @@ impl BaseId {
             sequence: header.sequence,
             content_digest: header.content_digest,
             file_len,
+            rows: header.row_count,
         }
     }
 
@@ -48,6 +51,9 @@ pub struct LogState {
     pub valid_len: u64,
     /// Valid records; the next one is `records + 1`.
     pub records: u64,
+    /// Upserts and deletes of the valid records: a restore decodes each of them twice, so
+    /// the compaction threshold bounds their number as well as the log's bytes.
+    pub operations: u64,
     /// The file's length and modification time when last read or written, so that a log
     /// changed by someone else is noticed.
     pub file_len: u64,

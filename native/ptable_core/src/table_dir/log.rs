@@ -73,6 +73,7 @@ impl FoundLog {
             header: *self.reader.header(),
             valid_len: self.reader.valid_len(),
             records: self.reader.record_count(),
+            operations: self.reader.operations(),
             file_len: self.file_len,
             modified_unix_us: self.modified_unix_us,
         }
@@ -115,8 +116,8 @@ pub fn sync_log(fs: &dyn Fs, log: &LogState) -> Result<()> {
 }
 
 /// Appends `record` (record number `log.records + 1`, or the first record of a new log with
-/// `header` when `log` is `None`) durably, as the module documentation says, and returns
-/// the log's new state. On error, the log is as it was or ends in a torn record (which
+/// `header` when `log` is `None`; `operations` upserts and deletes) durably, as the module
+/// documentation says, and returns the log's new state. On error, the log is as it was or ends in a torn record (which
 /// readers skip), and no tmp file is left.
 pub fn append_record(
     fs: &dyn Fs,
@@ -124,6 +125,7 @@ pub fn append_record(
     log: Option<&LogState>,
     header: &LogHeader,
     record: &[u8],
+    operations: u64,
 ) -> Result<LogState> {
     let path = dir.log();
     let (valid_len, records) = match log {
@@ -163,6 +165,7 @@ pub fn append_record(
         header: log.map_or(*header, |l| l.header),
         valid_len: file_len,
         records: records + 1,
+        operations: log.map_or(0, |l| l.operations) + operations,
         file_len,
         modified_unix_us: modified_us(fs, &path)?,
     })

@@ -42,8 +42,10 @@ pub struct PersistConfig {
     /// Where the directory's baseline is found and left; `None`: no change log (every
     /// changed persist writes a full file, as `log_compaction: 0` does).
     pub baselines: Option<Arc<Baselines>>,
-    /// The log may grow to this fraction of the base file's size; a change that would take
-    /// it further writes a full file instead (a compaction). 0 disables the log.
+    /// The log may grow to this fraction of the base file's size, and hold upserts and
+    /// deletes up to this fraction of its rows (a restore decodes each twice, whatever it
+    /// compressed to); a change that would take it further writes a full file instead (a
+    /// compaction). 0 disables the log.
     pub log_compaction: f64,
     /// Write a full file whatever the baseline (a snapshot follows, or a restarted persist).
     pub full: bool,
@@ -72,6 +74,8 @@ struct Diffing {
     log: Option<LogState>,
     /// Bytes the log may still grow by.
     room: u64,
+    /// Upserts and deletes the log may still take.
+    operations_room: u64,
     /// The base, to be verified (with the log) before anything is appended; `None` once it
     /// was.
     unverified: Option<(TableFile, Arc<dyn Fs>)>,
@@ -423,6 +427,7 @@ impl PersistSession {
             base,
             log,
             room,
+            operations_room,
             ..
         } = diffing;
         let (mut index, changes) = diff.finish_owned();
@@ -454,10 +459,18 @@ impl PersistSession {
         } else {
             0
         };
-        if (record.len() + new_header_len) as u64 > room {
+        let operations = (changes.upserts().len() + changes.deletes().len()) as u64;
+        if (record.len() + new_header_len) as u64 > room || operations > operations_room {
             return Err(restart());
         }
-        let log = append_record(self.fs.as_ref(), &self.dir, log.as_ref(), &header, &record)?;
+        let log = append_record(
+            self.fs.as_ref(),
+            &self.dir,
+            log.as_ref(),
+            &header,
+            &record,
+            operations,
+        )?;
         // The record is durable: a failure to update the index only costs the next persist
         // a full write.
         if index.apply(&changes).is_ok() {
@@ -643,11 +656,14 @@ impl Diffing {
     fn new(baseline: Baseline, stable: TableFile, fs: Arc<dyn Fs>, log_compaction: f64) -> Self {
         let limit = (baseline.base.file_len as f64 * log_compaction) as u64;
         let used = baseline.log.as_ref().map_or(0, |l| l.valid_len);
+        let operations_limit = (baseline.base.rows as f64 * log_compaction) as u64;
+        let operations_used = baseline.log.as_ref().map_or(0, |l| l.operations);
         Diffing {
             diff: baseline.index.into_diff(),
             base: baseline.base,
             log: baseline.log,
             room: limit.saturating_sub(used),
+            operations_room: operations_limit.saturating_sub(operations_used),
             unverified: Some((stable, fs)),
         }
     }
@@ -676,7 +692,10 @@ impl Diffing {
         self.verify()?;
         self.diff.add_chunk(raw).map_err(|_| restart())?;
         let pending = self.diff.upsert_bytes() as u64;
-        if pending > MAX_RECORD_BYTES as u64 || pending > self.room.saturating_mul(RAW_PER_STORED) {
+        if pending > MAX_RECORD_BYTES as u64
+            || pending > self.room.saturating_mul(RAW_PER_STORED)
+            || self.diff.upsert_count() as u64 > self.operations_room
+        {
             return Err(restart());
         }
         Ok(())
