@@ -1,17 +1,24 @@
 # Incremental persistence (change log) against today's full rewrite (`log_compaction: 0`).
 #
 #     MIX_ENV=prod mix run bench/incremental_bench.exs [--sizes 100000,1000000] [--runs 5]
-#                                                      [--seeds 1,2]
+#                                                      [--seeds 1,2] [--log-compaction 0.25]
+#
+# With `ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none"` the CPU times (the
+# VM's, all threads: `:erlang.statistics(:runtime)`) leave out schedulers spinning while
+# idle; they are what to compare on a machine shared with other work, where wall times
+# depend on what else runs.
 #
 # Per size and data set ("realistic": bench/support/data.ex's mix with the seed; "binary":
 # the same keys with every value a random 100-byte binary), interleaved per round: full
 # vs incremental for a one-row change, 0.1% of the rows changed, one row deleted + one
 # inserted, and an unchanged persist. Bytes: growth of `wchar` (bytes handed to write(2),
 # VM wake-up pipes included) and `write_bytes` (pages) of /proc/self/io. Restore: a log
-# built by 1% persists until the next would pass the default 0.5 threshold vs a freshly
-# compacted file. Peak memory: VmHWM of /proc/self/status after `5 > /proc/self/clear_refs`
-# minus VmRSS before (the OS process: native allocations included), restores minus the
-# restored table's ETS memory.
+# built by 1% persists until the next would pass the threshold (`:log_compaction`, its
+# bytes or its operations) vs a freshly compacted file. Peak memory: VmHWM of
+# /proc/self/status after `5 > /proc/self/clear_refs` minus VmRSS before (the OS process:
+# native allocations included), restores minus the restored table's ETS memory. The first
+# persist of a directory builds its change index, which the VM keeps: its peak counts the
+# index, as does a restore's (the restored index is built while the old one is held).
 
 Code.require_file("support/data.ex", __DIR__)
 
@@ -19,16 +26,22 @@ defmodule IncrementalBench do
   alias PropertyTable.Persist
   alias PersistBench.Data
 
+  # The library's default `:log_compaction`.
+  @log_compaction 0.25
+
   def main(argv) do
-    {o, _, _} = OptionParser.parse(argv, strict: [sizes: :string, runs: :integer, seeds: :string])
+    strict = [sizes: :string, runs: :integer, seeds: :string, log_compaction: :float]
+    {o, _, _} = OptionParser.parse(argv, strict: strict)
 
     sizes = parse(o[:sizes] || "100000")
     seeds = parse(o[:seeds] || "1")
     runs = o[:runs] || 5
+    threshold = o[:log_compaction] || @log_compaction
     IO.puts("load at start: #{File.read!("/proc/loadavg") |> String.trim()}")
+    IO.puts("log_compaction: #{threshold}")
 
     for n <- sizes, seed <- seeds, mix <- [:realistic, :binary] do
-      run(n, seed, mix, runs)
+      run(n, seed, mix, runs, threshold)
     end
 
     IO.puts("load at end: #{File.read!("/proc/loadavg") |> String.trim()}")
@@ -36,14 +49,14 @@ defmodule IncrementalBench do
 
   defp parse(s), do: s |> String.split(",") |> Enum.map(&String.to_integer/1)
 
-  defp run(n, seed, mix, runs) do
+  defp run(n, seed, mix, runs, threshold) do
     table = Data.new_table(:inc, n, seed)
     if mix == :binary, do: binarize(table, seed)
     dir = Path.join(System.tmp_dir!(), "inc_bench_#{System.unique_integer([:positive])}")
     full = [data_directory: dir, table_name: "full", log_compaction: 0]
-    inc = [data_directory: dir, table_name: "inc"]
+    inc = [data_directory: dir, table_name: "inc", log_compaction: threshold]
     Persist.persist_to_disk!(table, full)
-    Persist.persist_to_disk!(table, inc)
+    first = measure(fn -> Persist.persist_to_disk!(table, inc) end)
     base = File.stat!(Path.join([dir, "full", "data.ptable"])).size
 
     cases = [
@@ -64,28 +77,38 @@ defmodule IncrementalBench do
       "\n### #{n} rows, #{mix}, seed #{seed} (full file #{kib(base)}; medians of #{runs})\n"
     )
 
-    IO.puts("| case | full ms | full wchar / write_bytes | incr ms | incr wchar / write_bytes |")
-    IO.puts("|---|---:|---:|---:|---:|")
+    IO.puts(
+      "| case | full ms (CPU ms) | full wchar / write_bytes | incr ms (CPU ms) | incr wchar / write_bytes | incr peak RSS growth |"
+    )
+
+    IO.puts("|---|---:|---:|---:|---:|---:|")
 
     for {label, _} <- cases do
       [f, i] = for w <- [:full, :inc], do: med(results, label, w)
 
       IO.puts(
-        "| #{label} | #{ms(f.us)} | #{kib(f.wchar)} / #{kib(f.wb)} | #{ms(i.us)} | #{kib(i.wchar)} / #{kib(i.wb)} |"
+        "| #{label} | #{ms(f.us)} (#{f.cpu}) | #{kib(f.wchar)} / #{kib(f.wb)} | #{ms(i.us)} (#{i.cpu}) | #{kib(i.wchar)} / #{kib(i.wb)} | #{kib(i.hwm)} |"
       )
     end
 
-    restore(table, dir, base, runs)
+    IO.puts("""
+
+    First persist of the directory (a full write that builds the change index): \
+    #{ms(first.us)} ms, peak RSS growth #{kib(first.hwm)}.\
+    """)
+
+    restore(table, dir, base, runs, threshold)
     File.rm_rf!(dir)
     :ets.delete(table)
   end
 
-  defp restore(table, dir, base, runs) do
-    opts = [data_directory: dir, table_name: "logged"]
+  defp restore(table, dir, base, runs, threshold) do
+    opts = [data_directory: dir, table_name: "logged", log_compaction: threshold]
     Persist.persist_to_disk!(table, opts ++ [log_compaction: 0])
     log = Path.join([dir, "logged", "data.ptable.log"])
     fresh = [data_directory: dir, table_name: "fresh", log_compaction: 0]
-    grow(table, opts, log, base, 0, 0)
+    limits = {threshold * base, threshold * :ets.info(table, :size)}
+    {persists, ops} = grow(table, opts, log, limits, {0, 0}, 0)
     Persist.persist_to_disk!(table, fresh)
     log_size = File.stat!(log).size
     peak = measure(fn -> Persist.persist_to_disk!(table, opts) end)
@@ -106,19 +129,28 @@ defmodule IncrementalBench do
 
     IO.puts("""
 
-    Restore, log #{kib(log_size)} (#{Float.round(log_size / base, 2)} of the base): \
-    #{ms(l.us)} ms vs fresh #{ms(f.us)} ms: ratio #{Float.round(l.us / f.us, 2)}x. \
+    Restore, log of #{persists} 1% persists, #{kib(log_size)} \
+    (#{Float.round(log_size / base, 2)} of the base's bytes, \
+    #{Float.round(ops / :ets.info(table, :size), 2)} of its rows): \
+    #{ms(l.us)} ms vs fresh #{ms(f.us)} ms: ratio #{Float.round(l.us / f.us, 2)}x; \
+    CPU #{l.cpu} vs #{f.cpu} ms: ratio #{Float.round(l.cpu / max(f.cpu, 1), 2)}x. \
     Peak RSS growth: unchanged persist with that log #{kib(peak.hwm)}, \
     restore with log #{kib(l.hwm_beyond)} beyond the table (fresh #{kib(f.hwm_beyond)}).
     """)
   end
 
-  # 1% persists while the next one would stay under the default 0.5 threshold.
-  defp grow(table, opts, log, base, last, i) do
-    Data.mutate(table, 0.01, 90_000 + i)
+  # 1% persists while the next one would stay under the threshold: the log's bytes (a
+  # fraction of the base's) and its operations (of the base's rows; each persist's are at
+  # most the rows it changed). Returns the persists and the rows they changed.
+  defp grow(table, opts, log, {max_bytes, max_ops} = limits, {last, ops}, i) do
+    changed = Data.mutate(table, 0.01, 90_000 + i)
     Persist.persist_to_disk!(table, opts)
     size = if File.exists?(log), do: File.stat!(log).size, else: 0
-    if size + 1.5 * (size - last) < 0.5 * base, do: grow(table, opts, log, base, size, i + 1)
+    ops = ops + changed
+
+    if size + 1.5 * (size - last) < max_bytes and ops + 1.5 * changed < max_ops,
+      do: grow(table, opts, log, limits, {size, ops}, i + 1),
+      else: {i + 1, ops}
   end
 
   defp del_ins(table, r) do
@@ -138,13 +170,23 @@ defmodule IncrementalBench do
     {w0, b0} = io()
     rss0 = status("VmRSS")
     File.write("/proc/self/clear_refs", "5")
+    {cpu0, _} = :erlang.statistics(:runtime)
     t0 = System.monotonic_time(:microsecond)
     res = fun.()
     us = System.monotonic_time(:microsecond) - t0
+    {cpu1, _} = :erlang.statistics(:runtime)
     hwm = max(status("VmHWM") - rss0, 0)
     {w1, b1} = io()
     extra = if is_integer(res), do: res, else: 0
-    %{us: us, wchar: w1 - w0, wb: b1 - b0, hwm: hwm, hwm_beyond: max(hwm - extra, 0)}
+
+    %{
+      us: us,
+      cpu: cpu1 - cpu0,
+      wchar: w1 - w0,
+      wb: b1 - b0,
+      hwm: hwm,
+      hwm_beyond: max(hwm - extra, 0)
+    }
   end
 
   defp io do
@@ -165,7 +207,7 @@ defmodule IncrementalBench do
   defp medm(ms),
     do:
       Map.new(
-        [:us, :wchar, :wb, :hwm, :hwm_beyond],
+        [:us, :cpu, :wchar, :wb, :hwm, :hwm_beyond],
         &{&1, median(Enum.map(ms, fn m -> m[&1] end))}
       )
 
