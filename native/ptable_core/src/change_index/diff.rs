@@ -30,9 +30,14 @@ impl ChangeIndex {
         for &(at, pair) in &changes.updated {
             self.entries[at as usize].pair = pair;
         }
+        self.generation += 1;
+        // Updated rows keep their places: only deletes and inserts move entries and so the
+        // directory. (Each pass walks every entry: about 2 ms of a 1M-row persist.)
+        if changes.deleted_positions.is_empty() && changes.inserted.is_empty() {
+            return Ok(());
+        }
         remove_positions(&mut self.entries, &changes.deleted_positions);
         merge_sorted(&mut self.entries, &changes.inserted);
-        self.generation += 1;
         self.rebuild_directory();
         Ok(())
     }
@@ -40,6 +45,9 @@ impl ChangeIndex {
 
 /// Removes the entries at `positions` (ascending) in place.
 pub(super) fn remove_positions(entries: &mut Vec<Entry>, positions: &[u32]) {
+    if positions.is_empty() {
+        return;
+    }
     let mut next = positions.iter().map(|&p| p as usize).peekable();
     let mut write = 0;
     for read in 0..entries.len() {
