@@ -203,6 +203,11 @@ impl LogRecord {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
     }
 
+    /// Heap bytes the record holds (its raw payload and the upserts' offsets).
+    pub fn heap_bytes(&self) -> usize {
+        self.raw.capacity() + self.upserts.capacity() * std::mem::size_of::<UpsertSpan>()
+    }
+
     /// Upserts and deletes.
     pub fn operations(&self) -> u64 {
         (self.upserts.len() + self.delete_count) as u64

@@ -6,12 +6,14 @@
 
 use super::restore::Step;
 use crate::change_index::{pair_hash, IndexBuilder, RowHash};
+use crate::change_log::LogRecord;
 use crate::change_log::LogStop;
 use crate::error::{Error, Reason, Result};
 use crate::etf_rows;
 use crate::log_apply::LogPlan;
 use crate::reader::TableFile;
 use crate::table_dir::{BaseId, Baseline, Baselines, FileLogReader, FoundLog, LogState, TableDir};
+use std::collections::VecDeque;
 use std::io::{Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,10 +24,25 @@ pub struct BaselineKeeper {
     pub dir: TableDir,
 }
 
-/// A log read once into its plan, and its reader rewound for the second pass.
+/// Decoded records a restore keeps from its first pass over the log, as long as they fit in
+/// this many bytes, so that the second pass reads, decompresses and parses nothing again
+/// (at 100k rows with a log at 0.49 of its base, 12 of the 57 ms the core spent). A larger
+/// log is read again: at 1M rows its records would take more than the memory a restore may
+/// use beyond the table and its index.
+pub const KEPT_RECORDS_BYTES: usize = 8 << 20;
+
+/// Where the second pass gets the log's records.
+enum LogSource {
+    /// Kept from the first pass, in order.
+    Kept(VecDeque<LogRecord>),
+    /// Read again, from a reader rewound after the first.
+    Reread(FileLogReader),
+}
+
+/// A log read once into its plan, and its records for the second pass.
 struct LogReplay {
     plan: LogPlan,
-    reader: FileLogReader,
+    source: LogSource,
     path: PathBuf,
     state: LogState,
     /// Log chunks still to hand out (records with a final upsert).
@@ -83,9 +100,21 @@ impl Replay {
         keeper: Option<BaselineKeeper>,
         failures: &mut Vec<Error>,
     ) -> Result<Self> {
+        Self::keeping(file, log, keeper, failures, KEPT_RECORDS_BYTES)
+    }
+
+    /// [`new`](Self::new), keeping the log's decoded records for the second pass when they
+    /// fit in `kept_bytes` (tests take both ways).
+    pub fn keeping(
+        file: TableFile,
+        log: Option<FoundLog>,
+        keeper: Option<BaselineKeeper>,
+        failures: &mut Vec<Error>,
+        kept_bytes: usize,
+    ) -> Result<Self> {
         let mut replay = Replay::base_only(file);
         if let Some(found) = log {
-            let log = read_plan(found, failures)?;
+            let log = read_plan(found, failures, kept_bytes)?;
             replay.seed = log.state.header.hash_seed;
             replay.log = Some(log);
         } else if keeper.is_some() {
@@ -228,7 +257,11 @@ impl Replay {
             return Ok(None);
         };
         while log.chunks_left > 0 {
-            let record = match log.reader.next_record() {
+            let next = match &mut log.source {
+                LogSource::Kept(records) => Ok(records.pop_front()),
+                LogSource::Reread(reader) => reader.next_record(),
+            };
+            let record = match next {
                 Ok(Some(record)) if record.sequence <= log.plan.records() => record,
                 // The record verified in the first pass: the file changed under the reader.
                 Ok(_) => return Err(Error::new(Reason::BadFile, &log.path)),
@@ -286,30 +319,48 @@ impl Replay {
     }
 }
 
-/// Reads every record of the log into its plan, then rewinds it for the second pass.
-fn read_plan(mut found: FoundLog, failures: &mut Vec<Error>) -> Result<LogReplay> {
+/// Reads every record of the log into its plan, keeping the records when they fit in
+/// `kept_bytes`, else rewinding the log for the second pass.
+fn read_plan(
+    mut found: FoundLog,
+    failures: &mut Vec<Error>,
+    kept_bytes: usize,
+) -> Result<LogReplay> {
     let path = found.path.clone();
     let mut plan = LogPlan::new();
+    let mut kept = Some(VecDeque::new());
+    let mut kept_size = 0usize;
     loop {
         match found.reader.next_record() {
-            Ok(Some(record)) => plan
-                .add(&record)
-                .map_err(|_| Error::new(Reason::BadFile, &path))?,
+            Ok(Some(record)) => {
+                plan.add(&record)
+                    .map_err(|_| Error::new(Reason::BadFile, &path))?;
+                kept_size = kept_size.saturating_add(record.heap_bytes());
+                match kept.as_mut() {
+                    Some(records) if kept_size <= kept_bytes => records.push_back(record),
+                    _ => kept = None,
+                }
+            }
             Ok(None) => break,
             Err(e) => return Err(Error::io(&e, &path)),
         }
     }
     failures.extend(log_stop_error(found.reader.stop(), &path));
     let state = found.state();
-    let mut input = found.reader.into_inner();
-    input
-        .seek(SeekFrom::Start(0))
-        .map_err(|e| Error::io(&e, &path))?;
-    let reader = crate::change_log::LogReader::open(input, &path)?;
+    let source = match kept {
+        Some(records) => LogSource::Kept(records),
+        None => {
+            let mut input = found.reader.into_inner();
+            input
+                .seek(SeekFrom::Start(0))
+                .map_err(|e| Error::io(&e, &path))?;
+            LogSource::Reread(crate::change_log::LogReader::open(input, &path)?)
+        }
+    };
     let chunks_left = plan.records_with_final_upserts();
     Ok(LogReplay {
         plan,
-        reader,
+        source,
         path,
         state,
         chunks_left,
