@@ -39,7 +39,7 @@ const BASE_ROWS: usize = 30;
 /// Small records, and one over the compression threshold (512 bytes), so that both codecs
 /// are swept.
 const RECORDS: usize = 6;
-/// The log may outgrow a base this small (the default, 0.5, would need a base twice the
+/// The log may outgrow a base this small (the default, 0.25, would need a base four times the
 /// log's size, and every restore would cost that much more).
 const LOG_COMPACTION: f64 = 4.0;
 const DEFAULT_SEED: u64 = 0x15_C0DE;

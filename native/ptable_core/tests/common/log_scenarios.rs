@@ -22,7 +22,7 @@ use std::sync::{mpsc, Arc};
 /// Rows per chunk: every table has several chunks, so the writer thread starts.
 pub const ROWS_PER_CHUNK: usize = 25;
 /// The default `:log_compaction`.
-pub const LOG_COMPACTION: f64 = 0.5;
+pub const LOG_COMPACTION: f64 = 0.25;
 /// Quarantined files a restore keeps (the Elixir default).
 pub const MAX_QUARANTINED: usize = 5;
 
