@@ -328,7 +328,9 @@ fn read_plan(
 ) -> Result<LogReplay> {
     let path = found.path.clone();
     let mut plan = LogPlan::new();
-    let mut kept = Some(VecDeque::new());
+    // A record's raw payload is never smaller than its stored bytes: a log whose file is
+    // larger than the budget is read again, without first holding a budget's worth of it.
+    let mut kept = (found.file_len <= kept_bytes as u64).then(VecDeque::new);
     let mut kept_size = 0usize;
     loop {
         match found.reader.next_record() {
