@@ -83,8 +83,9 @@ defmodule PropertyTable.Persist do
       file's size and of its rows (the log's changed and deleted rows), before a persist
       writes a full file instead: a number from `0` to `100`. `0` turns the log off (every
       changed persist writes a full file). Default `0.25`: a restore replays every row of
-      the log, and at 0.25 one with the log at its limit takes about 1.3 times as long as
-      one of a freshly written file (bench/results.md).
+      the log, and at 0.25 one with the log at its limit took up to 1.3 times the CPU time
+      of one of a freshly written file at 100,000 rows, 1.5 times at 1,000,000
+      (bench/results.md).
 
   Unknown keys are ignored. A known key with a bad value (of the wrong type or out of its
   range) raises `ArgumentError` naming the option and the values it takes, before anything
