@@ -15,9 +15,10 @@ defmodule PropertyTable.PersistCrashLoopTest do
   use ExUnit.Case, async: true
 
   import PropertyTable.Persist.TestHelpers
+  import PropertyTable.Persist.TestSupport.CrashLoop, only: [assert_no_corrupt_files: 1]
 
   alias PropertyTable.Persist
-  alias PropertyTable.Persist.TestSupport.{Child, ChildVM}
+  alias PropertyTable.Persist.TestSupport.{Child, ChildVM, CrashLoop}
 
   @moduletag :tmp_dir
   @moduletag :crash_loop
@@ -163,104 +164,17 @@ defmodule PropertyTable.PersistCrashLoopTest do
     if acks == [], do: {:no_ack, o}, else: o
   end
 
-  # Runs `n` kill cycles. `go` makes the GO line from the state; `check` verifies the
-  # directory after a kill given the ACKed numbers, returning the new state and an outcome
-  # label. Returns %{outcome => count}.
-  #
-  # A kill lands at a uniformly random moment within the first two writes after the child
-  # printed START (so in every phase of a write, and between writes); one kill in ten lands
-  # right after GO instead, before the child has started writing. `window_us` is measured
-  # once per test on a child that is not killed until it has written 12 times.
+  # Runs `n` kill cycles (see `CrashLoop.run/6`), counting the kills that left a
+  # half-written file behind: evidence that kills land mid-write.
   defp crash_loop(n, killer, state, go, check) do
-    {window_us, state} = calibrate(killer, state, go, check)
-    next = ChildVM.start()
-
-    {_state, stats, next} =
-      Enum.reduce(1..n//1, {state, %{}, next}, fn _k, {state, stats, vm} ->
-        vm = ChildVM.await_ready(vm)
-        ChildVM.send_line(vm, go.(state))
-
-        vm =
-          if :rand.uniform(10) == 1 do
-            vm
-          else
-            vm = await_start(vm)
-            spin_sleep_us(:rand.uniform(window_us))
-            vm
-          end
-
-        ChildVM.kill9(killer, vm)
-        # The next child boots while this kill is checked, not while a child writes (that
-        # would slow the writes down and skew the kill moments).
-        next = ChildVM.start()
-        {state, outcome} = after_kill(vm, state, check)
-        stats = Map.update(stats, outcome, 1, &(&1 + 1))
-        # Evidence that kills land mid-write: the half-written file they leave behind.
-        stats =
-          if half_written?(state.dir),
-            do: Map.update(stats, :left_tmp_file, 1, &(&1 + 1)),
-            else: stats
-
-        {state, stats, next}
-      end)
-
-    ChildVM.stop(next)
-    Map.put(stats, :window_us, window_us)
-  end
-
-  # How long a fresh child takes from START to the end of its first write (slower than the
-  # next ones: caches are cold), plus the mean time of one more write.
-  defp calibrate(killer, state, go, check) do
-    vm = ChildVM.start() |> ChildVM.await_ready()
-    ChildVM.send_line(vm, go.(state))
-    vm = await_start(vm)
-    started = System.monotonic_time(:microsecond)
-    {[first | _] = stamps, vm} = ack_times(vm, 12, [])
-    ChildVM.kill9(killer, vm)
-    {state, _} = after_kill(vm, state, check)
-    interval = div(List.last(stamps) - first, length(stamps) - 1)
-    {first - started + interval, state}
+    CrashLoop.run(n, killer, state, go, fn state, acks ->
+      {state, outcome} = check.(state, acks)
+      if half_written?(state.dir), do: {state, [outcome, :left_tmp_file]}, else: {state, outcome}
+    end)
   end
 
   defp half_written?(dir) do
     File.exists?(tmp_path(dir)) or Path.wildcard(Path.join(snapshots_path(dir), "*.tmp")) != []
-  end
-
-  defp await_start(vm) do
-    case ChildVM.next_line(vm, 30_000) do
-      {:line, "START", vm} -> vm
-      other -> flunk("expected START from the child, got #{inspect(other)}")
-    end
-  end
-
-  defp ack_times(vm, 0, acc), do: {Enum.reverse(acc), vm}
-
-  defp ack_times(vm, n, acc) do
-    case ChildVM.next_line(vm, 30_000) do
-      {:line, "ACK " <> _, vm} ->
-        ack_times(vm, n - 1, [System.monotonic_time(:microsecond) | acc])
-
-      other ->
-        flunk("child failed during calibration: #{inspect(other)}")
-    end
-  end
-
-  defp after_kill(vm, state, check) do
-    {status, vm} = ChildVM.await_exit(vm)
-    # 137 = killed by signal 9. Anything else means the child failed on its own.
-    assert status == 137, "child exited with #{status}:\n#{ChildVM.output(vm)}"
-
-    acks =
-      vm.lines
-      |> Enum.reverse()
-      |> Enum.flat_map(fn
-        "ACK " <> n -> [String.to_integer(n)]
-        "READY" -> []
-        "START" -> []
-        other -> flunk("unexpected child output #{inspect(other)}\n#{ChildVM.output(vm)}")
-      end)
-
-    check.(state, acks)
   end
 
   defp restored_generation(dir) do
@@ -276,20 +190,6 @@ defmodule PropertyTable.PersistCrashLoopTest do
     gen = restored_generation(scratch)
     File.rm_rf!(scratch)
     gen
-  end
-
-  defp assert_no_corrupt_files(dir) do
-    assert Path.wildcard(Path.join(table_dir(dir), "*.corrupt-*")) == []
-  end
-
-  defp spin_sleep_us(us) do
-    deadline = System.monotonic_time(:microsecond) + us
-    if us > 2_000, do: Process.sleep(div(us, 1000) - 1)
-    spin_until(deadline)
-  end
-
-  defp spin_until(deadline) do
-    if System.monotonic_time(:microsecond) < deadline, do: spin_until(deadline)
   end
 
   defp report(what, n, stats) do

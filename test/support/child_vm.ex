@@ -145,12 +145,20 @@ defmodule PropertyTable.Persist.TestSupport.Child do
       i = first_index, ...: `restore_snapshot!/2` of id number `rem(i, count)`, print `ACK i`.
     * `GO persist_n <data_dir> <rows> <first_gen> <count>` - persists `count` generations,
       printing `ACK g` for each, then `DONE` and halts.
+    * `GO log <data_dir> <rows> <seed> <first_gen> <restore|load> <model_file> <log_compaction>` -
+      the change-log loop: gets the table of generation `first_gen - 1` (`restore_from_disk!/2`,
+      between `RESTORE` and `RESTORED`, checked against `<model_file>`, or loaded from that
+      file: a term `{property, value}` list, path encoded like `<data_dir>`), then forever
+      makes generation g's step of `ChangeModel` (`RESTORE`..`RESTORED` around a restore,
+      `SNAP g` before a snapshot), persists and prints `ACK g <ChangeModel.fingerprint/1>`.
+      A restore that gives other rows prints `MISMATCH ...` and halts with status 3.
 
   Each prints `START` just before its first write. Table name `"t"` throughout. Any error crashes the child (non-zero exit, reported by the
   parent). The child halts when its stdin closes.
   """
 
   alias PropertyTable.Persist
+  alias PropertyTable.Persist.TestSupport.ChangeModel
 
   @doc "The rows of generation `gen`: properties `[\"row\", i]`, values carrying `gen`."
   def rows(gen, count) do
@@ -215,6 +223,12 @@ defmodule PropertyTable.Persist.TestSupport.Child do
           PropertyTable.Persist.Options,
           PropertyTable.Persist.Restore,
           PropertyTable.Persist.Write,
+          PropertyTable.Persist.Rollback,
+          ChangeModel,
+          File,
+          File.Stat,
+          Base,
+          Map,
           Path,
           Stream,
           Enum,
@@ -293,6 +307,24 @@ defmodule PropertyTable.Persist.TestSupport.Child do
     end)
   end
 
+  defp run(["GO", "decoded", "log", dir, rows, seed, first, start, model, compaction]) do
+    [rows, seed, first] = Enum.map([rows, seed, first], &String.to_integer/1)
+    opts = [data_directory: dir, table_name: "t", log_compaction: String.to_float(compaction)]
+
+    model =
+      model |> Base.url_decode64!(padding: false) |> File.read!() |> :erlang.binary_to_term()
+
+    table = :ets.new(:child_table, [:set, :public])
+    say("START")
+
+    case start do
+      "restore" -> restore_checked(table, opts, Enum.sort(model))
+      "load" -> :ets.insert(table, for({p, v} <- model, do: {p, v, 0}))
+    end
+
+    log_loop(table, opts, seed, first, rows)
+  end
+
   defp loop_writes(dir, rows, first, last, write) do
     table = :ets.new(:child_table, [:set, :public])
     opts = [data_directory: dir, table_name: "t"]
@@ -307,4 +339,42 @@ defmodule PropertyTable.Persist.TestSupport.Child do
       say("ACK #{gen}")
     end)
   end
+
+  defp log_loop(table, opts, seed, gen, rows) do
+    {op, changes} = ChangeModel.step(seed, gen, rows)
+    if op == :restore_first, do: restore_checked(table, opts, sorted_pairs(table))
+    ChangeModel.apply_changes_ets(table, changes)
+
+    if op == :snapshot do
+      say("SNAP #{gen}")
+      _id = Persist.save_snapshot!(table, [max_snapshots: 3] ++ opts)
+    else
+      :ok = Persist.persist_to_disk!(table, opts)
+    end
+
+    fingerprint = ChangeModel.fingerprint(Path.join(opts[:data_directory], "t"))
+    say("ACK #{gen} #{fingerprint}")
+    log_loop(table, opts, seed, gen + 1, rows)
+  end
+
+  # A restore into the child's table must give back exactly the table it had persisted.
+  defp restore_checked(table, opts, expected) do
+    say("RESTORE")
+    :ok = Persist.restore_from_disk!(table, opts)
+    restored = sorted_pairs(table)
+
+    if restored != expected do
+      say(
+        "MISMATCH restored #{length(restored)} rows, expected #{length(expected)}: " <>
+          inspect(List.myers_difference(restored, expected), limit: 20)
+      )
+
+      System.halt(3)
+    end
+
+    say("RESTORED")
+  end
+
+  defp sorted_pairs(table),
+    do: table |> :ets.tab2list() |> Enum.map(fn {p, v, _} -> {p, v} end) |> Enum.sort()
 end
