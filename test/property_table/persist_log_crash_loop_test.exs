@@ -85,6 +85,12 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
     ms = System.monotonic_time(:millisecond) - started
     report(n, stats, ms)
     assert_no_corrupt_files(dir)
+
+    # The loop's point: with enough kills, some land in each kind of write.
+    if n >= 100 do
+      for kind <- [:append, :compaction, :in_flight],
+          do: assert(Map.get(stats, kind, 0) > 0, "no kill counted as #{kind}: #{inspect(stats)}")
+    end
   end
 
   # Each child's start (restore or load) and log_compaction, a function of the kill number
@@ -168,7 +174,7 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
       cond do
         restored == acked -> {last, acked}
         restored == next and not restoring -> {last + 1, next}
-        true -> flunk(mismatch(state, restored, acked, next, last, lines, fingerprint))
+        true -> flunk(mismatch(state, restored, {acked, next, last}, lines, last_fingerprint))
       end
 
     checked = check_snapshots(state.dir, snapshots, state.checked)
@@ -185,7 +191,13 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
         checked: checked
     }
 
-    {state, [kind, landed | if(torn, do: [:torn_log_tail], else: [])]}
+    # Evidence of kills between the renames of a compaction: no stable file, so the restore
+    # above came from the backup and its log.
+    evidence =
+      [torn_log_tail: torn, no_stable_file: String.starts_with?(fingerprint, "-,")]
+      |> Enum.flat_map(fn {label, seen} -> if seen, do: [label], else: [] end)
+
+    {state, [kind, landed | evidence]}
   end
 
   # What the in-flight call had done when the kill came, from the child's last markers and
@@ -236,7 +248,7 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
 
   defp digest(table), do: table |> Enum.sort() |> :erlang.term_to_binary() |> :erlang.md5()
 
-  defp mismatch(state, restored, acked, next, last, lines, fingerprint) do
+  defp mismatch(state, restored, {acked, next, last}, lines, last_fingerprint) do
     diff = fn table ->
       missing = for {p, v} <- table, Map.get(restored, p) != v, do: p
       extra = for {p, _} <- restored, not Map.has_key?(table, p), do: p
@@ -250,7 +262,7 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
     nor #{last + 1} (in flight); seed #{state.seed}, kill #{state.kill}, #{inspect(child_setup(state))}
     against #{last}: #{diff.(acked)}
     against #{last + 1}: #{diff.(next)}
-    files at the last ACK #{inspect(state.fingerprint)} -> now #{fingerprint}
+    files at the last ACK #{last_fingerprint} -> now #{ChangeModel.fingerprint(table_dir(state.dir))}
     child lines: #{inspect(lines, limit: :infinity)}
     """
   end
@@ -266,7 +278,8 @@ defmodule PropertyTable.PersistLogCrashLoopTest do
         "#{count.(:snapshot)} during snapshots, #{count.(:restore)} during restores, " <>
         "#{count.(:nothing_written)} before a write changed a file; restored " <>
         "#{count.(:last_acked)} last ACKed, #{count.(:in_flight)} in flight; " <>
-        "#{count.(:torn_log_tail)} torn log tails; failures=0; " <>
+        "#{count.(:torn_log_tail)} torn log tails, #{count.(:no_stable_file)} without a stable " <>
+        "file (restored from the backup); failures=0; " <>
         "window #{window} us (#{@writes} writes); #{ms} ms"
     )
   end
