@@ -1067,7 +1067,15 @@ defmodule PersistBench.Profile do
 
         {begin_us, {:ok, session}} =
           t.(fn ->
-            Native.persist_begin(table_dir, level, chunk, rows, defaults[:max_quarantined])
+            Native.persist_begin(table_dir, %{
+              level: level,
+              chunk_rows: chunk,
+              expected_rows: rows,
+              max_quarantined: defaults[:max_quarantined],
+              log_compaction: defaults[:log_compaction],
+              # A full write: the profile times the whole pipeline, not a log append.
+              full: true
+            })
           end)
 
         :ets.safe_fixtable(table, true)
