@@ -34,6 +34,7 @@
 mod common;
 
 use common::crash::durable_only;
+use common::errnos::*;
 use common::scenarios::*;
 use common::simfs::{CallKind, SimFs};
 use common::{options, read_all};
@@ -42,45 +43,6 @@ use ptable_core::{
     TableFile,
 };
 use std::collections::BTreeMap;
-
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const EACCES: i32 = 13;
-const ENOSPC: i32 = 28;
-const EROFS: i32 = 30;
-const EDQUOT: i32 = 122;
-
-/// The errnos each kind of call is made to fail with.
-fn errnos(kind: CallKind) -> &'static [i32] {
-    match kind {
-        CallKind::Create => &[EIO, EACCES, ENOSPC],
-        CallKind::Open => &[EIO, EACCES],
-        CallKind::OpenAppend => &[EIO, EACCES, EROFS],
-        CallKind::Read => &[EIO],
-        CallKind::WriteAll | CallKind::WriteAt => &[ENOSPC, EIO, EDQUOT],
-        CallKind::Sync => &[EIO, ENOSPC],
-        CallKind::Rename => &[EACCES, EIO, EROFS],
-        CallKind::RemoveFile => &[EACCES, EIO],
-        CallKind::CreateDir => &[EACCES, ENOSPC],
-        CallKind::SyncDir => &[ENOENT, EIO],
-        CallKind::ReadDir => &[EIO, EACCES],
-        CallKind::Metadata => &[EIO, EACCES],
-        CallKind::TryLock => &[EIO, EACCES],
-    }
-}
-
-/// The reason an errno must surface as.
-fn expected_reason(code: i32) -> Reason {
-    match code {
-        ENOENT => Reason::Enoent,
-        EIO => Reason::Os("eio"),
-        EACCES => Reason::Os("eacces"),
-        ENOSPC => Reason::Os("enospc"),
-        EROFS => Reason::Os("erofs"),
-        EDQUOT => Reason::Os("edquot"),
-        _ => panic!("no expectation for errno {code}"),
-    }
-}
 
 #[derive(Clone)]
 enum Op {

@@ -46,6 +46,7 @@ mod rng;
 
 use change_log_support::Table;
 use common::crash::durable_only;
+use common::errnos::*;
 use common::scenarios::{arc, fresh, table};
 use common::simfs::{Call, CallKind, SimFs, State};
 use log_drive::{
@@ -60,47 +61,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const ENOENT: i32 = 2;
-const EIO: i32 = 5;
-const EACCES: i32 = 13;
-const ENOSPC: i32 = 28;
-const EROFS: i32 = 30;
-const EDQUOT: i32 = 122;
-
 /// The seed of the tables; fixed, so that every run injects the same faults.
 const SEED: u64 = 0x15_F417;
-
-/// The errnos each kind of call is made to fail with (as in `faults.rs`).
-fn errnos(kind: CallKind) -> &'static [i32] {
-    match kind {
-        CallKind::Create => &[EIO, EACCES, ENOSPC],
-        CallKind::Open => &[EIO, EACCES],
-        CallKind::OpenAppend => &[EIO, EACCES, EROFS],
-        CallKind::Read => &[EIO],
-        CallKind::WriteAll | CallKind::WriteAt => &[ENOSPC, EIO, EDQUOT],
-        CallKind::Sync => &[EIO, ENOSPC],
-        CallKind::Rename => &[EACCES, EIO, EROFS],
-        CallKind::RemoveFile => &[EACCES, EIO],
-        CallKind::CreateDir => &[EACCES, ENOSPC],
-        CallKind::SyncDir => &[ENOENT, EIO],
-        CallKind::ReadDir => &[EIO, EACCES],
-        CallKind::Metadata => &[EIO, EACCES],
-        CallKind::TryLock => &[EIO, EACCES],
-    }
-}
-
-/// The reason an errno must surface as.
-fn expected_reason(code: i32) -> Reason {
-    match code {
-        ENOENT => Reason::Enoent,
-        EIO => Reason::Os("eio"),
-        EACCES => Reason::Os("eacces"),
-        ENOSPC => Reason::Os("enospc"),
-        EROFS => Reason::Os("erofs"),
-        EDQUOT => Reason::Os("edquot"),
-        _ => panic!("no expectation for errno {code}"),
-    }
-}
 
 /// A directory before the operation, and the baseline this VM holds for it.
 #[derive(Clone)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod errnos;
 pub mod forge;
 pub mod log_scenarios;
 pub mod scenarios;
