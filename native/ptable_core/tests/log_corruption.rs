@@ -20,17 +20,18 @@ mod rng;
 
 use change_log_support::{random_property, sorted, Table};
 use common::options;
+use common::restore_steps::{pull_pairs, stream_pairs};
 use ptable_core::change_log::{scan_log, LogStop, LOG_HEADER_LEN, RECORD_HEADER_LEN};
 use ptable_core::pipeline::{BaselineKeeper, Replay};
 use ptable_core::{
     etf_rows, open_newest_valid, restore_parts, Baselines, CommitOutcome, Error, PersistConfig,
-    PersistPipeline, Reason, RestorePipeline, SourceKind, StdFs, Step, TableDir,
+    PersistPipeline, Reason, RestorePipeline, SourceKind, StdFs, TableDir,
 };
 use rng::{env_u64, Rng};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A small base of several chunks, small rows: each sweep restores it some 20,000 times.
@@ -261,10 +262,11 @@ fn restore(dir: &TableDir, baselines: Option<&Arc<Baselines>>) -> Restored {
         .unwrap_or_else(|e| panic!("a damaged log made the restore fail: {e}"));
     let pipeline = RestorePipeline::replaying(replay);
     let rows = if threaded {
-        stream_all(&pipeline)
+        stream_pairs(&pipeline)
     } else {
-        pull_all(&pipeline)
-    };
+        pull_pairs(&pipeline)
+    }
+    .unwrap_or_else(|e| panic!("a damaged log made the restore fail: {e}"));
     pipeline.close();
     Restored {
         rows: sorted(rows),
@@ -279,64 +281,6 @@ fn restore_both(dir: &TableDir) -> [(&'static str, Restored); 2] {
         ("pulled", restore(dir, None)),
         ("streamed", restore(dir, Some(&Arc::new(Baselines::new())))),
     ]
-}
-
-fn chunk_pairs(data: &[u8], rows: Option<u64>) -> Vec<Vec<u8>> {
-    let pairs = etf_rows::all_pairs(data).expect("pairs");
-    assert_eq!(rows, Some(pairs.len() as u64));
-    pairs.iter().map(|p| p.bytes.to_vec()).collect()
-}
-
-fn pull_all(pipeline: &RestorePipeline) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut done = false;
-    while !done {
-        pipeline.pull(&mut |step: Step<'_>| {
-            match step {
-                Step::Chunk {
-                    data, rows, last, ..
-                } => {
-                    out.extend(chunk_pairs(data, rows));
-                    done = last;
-                }
-                Step::Done => done = true,
-                Step::Failed(e) => panic!("a damaged log made the restore fail: {e}"),
-            }
-            true
-        });
-    }
-    out
-}
-
-fn stream_all(pipeline: &RestorePipeline) -> Vec<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    pipeline
-        .stream(move |step: Step<'_>| {
-            let (message, more) = match step {
-                Step::Chunk {
-                    data, rows, last, ..
-                } => (Ok(Some((chunk_pairs(data, rows), last))), !last),
-                Step::Done => (Ok(None), false),
-                Step::Failed(e) => (Err(e), false),
-            };
-            tx.send(message).is_ok() && more
-        })
-        .expect("stream");
-    let mut out = Vec::new();
-    loop {
-        match rx.recv().expect("a step") {
-            Ok(Some((pairs, last))) => {
-                out.extend(pairs);
-                pipeline.ack();
-                if last {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => panic!("a damaged log made the restore fail: {e}"),
-        }
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------

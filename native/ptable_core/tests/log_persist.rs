@@ -10,15 +10,16 @@ mod rng;
 
 use change_log_support::{sorted, Table};
 use common::options;
+use common::restore_steps::stream_pairs;
 use ptable_core::etf_rows;
 use ptable_core::pipeline::replay::KEPT_RECORDS_BYTES;
 use ptable_core::pipeline::{BaselineKeeper, Replay};
 use ptable_core::{
     open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
-    Reason, RestorePipeline, SnapshotId, StdFs, Step, TableDir,
+    Reason, RestorePipeline, SnapshotId, StdFs, TableDir,
 };
 use rng::{seed_from_env, Rng};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 const ROWS_PER_CHUNK: usize = 25;
 
@@ -78,38 +79,7 @@ fn restore_keeping(dir: &TableDir, baselines: &Arc<Baselines>, kept_bytes: usize
         Replay::keeping(file, log, Some(keeper), &mut skipped, kept_bytes).expect("replay");
     assert!(skipped.is_empty(), "{skipped:?}");
     let pipeline = RestorePipeline::replaying(replay);
-    let (tx, rx) = mpsc::channel();
-    pipeline
-        .stream(move |step: Step<'_>| {
-            let (message, more) = match step {
-                Step::Chunk {
-                    data, rows, last, ..
-                } => {
-                    let pairs = etf_rows::all_pairs(data).expect("pairs");
-                    assert_eq!(rows, Some(pairs.len() as u64));
-                    let pairs: Vec<Vec<u8>> = pairs.iter().map(|p| p.bytes.to_vec()).collect();
-                    (Ok(Some((pairs, last))), !last)
-                }
-                Step::Done => (Ok(None), false),
-                Step::Failed(e) => (Err(e), false),
-            };
-            tx.send(message).is_ok() && more
-        })
-        .expect("stream");
-    let mut out = Vec::new();
-    loop {
-        match rx.recv().expect("a step") {
-            Ok(Some((pairs, last))) => {
-                out.extend(pairs);
-                pipeline.ack();
-                if last {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => panic!("restore failed: {e}"),
-        }
-    }
+    let out = stream_pairs(&pipeline).unwrap_or_else(|e| panic!("restore failed: {e}"));
     pipeline.close();
     sorted(out)
 }

@@ -12,14 +12,15 @@
 
 use crate::change_log_support::{sorted, Table};
 use crate::common::options;
+use crate::common::restore_steps::{pull_pairs, stream_pairs};
 use crate::common::scenarios::table;
 use ptable_core::pipeline::{BaselineKeeper, Replay};
 use ptable_core::table_dir::Baseline;
 use ptable_core::{
     etf_rows, open_newest_valid, restore_parts, Baselines, CommitOutcome, Error, Fs, PersistConfig,
-    PersistPipeline, PersistSession, Reason, RestorePipeline, SourceKind, Step,
+    PersistPipeline, PersistSession, Reason, RestorePipeline, SourceKind,
 };
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 /// Rows per chunk: a table of a few dozen rows streams several chunks, so the writer
 /// thread starts (it takes the chunks from the second on).
@@ -184,8 +185,8 @@ pub fn restore(
     let pairs = Replay::new(file, log, keeper, &mut skipped).and_then(|replay| {
         let pipeline = RestorePipeline::replaying(replay);
         let pairs = match threads {
-            Threads::Straight => pull_all(&pipeline),
-            Threads::Piped => stream_all(&pipeline),
+            Threads::Straight => pull_pairs(&pipeline),
+            Threads::Piped => stream_pairs(&pipeline),
         };
         pipeline.close();
         pairs.map(sorted)
@@ -194,73 +195,6 @@ pub fn restore(
         pairs,
         skipped,
         kind: Some(kind),
-    }
-}
-
-/// The pairs of one chunk, checked against the row count its step gives.
-fn chunk_pairs(data: &[u8], rows: Option<u64>) -> Vec<Vec<u8>> {
-    let pairs = etf_rows::all_pairs(data).expect("a restored chunk decodes");
-    assert_eq!(rows, Some(pairs.len() as u64), "rows of a restored chunk");
-    pairs.iter().map(|p| p.bytes.to_vec()).collect()
-}
-
-fn pull_all(pipeline: &RestorePipeline) -> Result<Vec<Vec<u8>>, Error> {
-    let mut out = Vec::new();
-    loop {
-        let mut next = None;
-        pipeline.pull(&mut |step: Step<'_>| {
-            next = Some(match step {
-                Step::Chunk {
-                    data, rows, last, ..
-                } => Ok(Some((chunk_pairs(data, rows), last))),
-                Step::Done => Ok(None),
-                Step::Failed(e) => Err(e),
-            });
-            true
-        });
-        match next.expect("pull hands over a step")? {
-            Some((pairs, last)) => {
-                out.extend(pairs);
-                if last {
-                    return Ok(out);
-                }
-            }
-            None => return Ok(out),
-        }
-    }
-}
-
-fn stream_all(pipeline: &RestorePipeline) -> Result<Vec<Vec<u8>>, Error> {
-    let (tx, rx) = mpsc::channel();
-    pipeline
-        .stream(move |step: Step<'_>| {
-            let (message, more) = match step {
-                Step::Chunk {
-                    data, rows, last, ..
-                } => (Ok(Some((chunk_pairs(data, rows), last))), !last),
-                Step::Done => (Ok(None), false),
-                Step::Failed(e) => (Err(e), false),
-            };
-            tx.send(message).is_ok() && more
-        })
-        .expect("the reader thread starts");
-    let mut out = Vec::new();
-    loop {
-        // A thread that ends without a final step (it panicked in the sink) drops the
-        // sender: that is a failure of the test, not a hang.
-        match rx
-            .recv()
-            .expect("the reader thread hands over a final step")?
-        {
-            Some((pairs, last)) => {
-                out.extend(pairs);
-                pipeline.ack();
-                if last {
-                    return Ok(out);
-                }
-            }
-            None => return Ok(out),
-        }
     }
 }
 

@@ -13,11 +13,13 @@ use ptable_core::table_dir::Baseline;
 use ptable_core::Fs;
 use ptable_core::{
     open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
-    PersistSession, Reason, RestorePipeline, SourceKind, Step,
+    PersistSession, Reason, RestorePipeline, SourceKind,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
+
+use super::restore_steps::{pull_pairs, stream_pairs};
 
 /// Rows per chunk: every table has several chunks, so the writer thread starts.
 pub const ROWS_PER_CHUNK: usize = 25;
@@ -242,86 +244,14 @@ pub fn restore_rows(
     let replay = Replay::new(file, log, keeper, &mut skipped).map_err(|e| e.reason)?;
     let pipeline = RestorePipeline::replaying(replay);
     let pairs = if threaded {
-        streamed(&pipeline)
+        stream_pairs(&pipeline).map_err(|e| e.reason)
     } else {
-        pulled(&pipeline)
+        pull_pairs(&pipeline).map_err(|e| e.reason)
     };
     pipeline.close();
     let mut pairs = pairs?;
     pairs.sort();
     Ok((pairs, skipped.into_iter().map(|e| e.reason).collect()))
-}
-
-/// One step as the sink keeps it: a chunk's pairs and whether it was the last, `None` for
-/// `Done`.
-type Taken = Result<Option<(PairSet, bool)>, Reason>;
-
-fn take(step: Step<'_>) -> Taken {
-    match step {
-        Step::Chunk {
-            data, rows, last, ..
-        } => {
-            let pairs = etf_rows::all_pairs(data).map_err(|_| Reason::BadFile)?;
-            // A chunk's row count is what its rows are (the NIF checks the same).
-            if rows != Some(pairs.len() as u64) {
-                return Err(Reason::BadFile);
-            }
-            Ok(Some((
-                pairs.iter().map(|p| p.bytes.to_vec()).collect(),
-                last,
-            )))
-        }
-        Step::Done => Ok(None),
-        Step::Failed(e) => Err(e.reason),
-    }
-}
-
-fn pulled(pipeline: &RestorePipeline) -> Result<PairSet, Reason> {
-    let mut out = Vec::new();
-    loop {
-        let mut taken = Ok(None);
-        pipeline.pull(&mut |step: Step<'_>| {
-            taken = take(step);
-            true
-        });
-        match taken? {
-            Some((pairs, last)) => {
-                out.extend(pairs);
-                if last {
-                    return Ok(out);
-                }
-            }
-            None => return Ok(out),
-        }
-    }
-}
-
-fn streamed(pipeline: &RestorePipeline) -> Result<PairSet, Reason> {
-    let (tx, rx) = mpsc::channel();
-    pipeline
-        .stream(move |step: Step<'_>| {
-            let taken = take(step);
-            let more = matches!(taken, Ok(Some((_, false))));
-            tx.send(taken).is_ok() && more
-        })
-        .map_err(|e| e.reason)?;
-    let mut out = Vec::new();
-    loop {
-        match rx.recv() {
-            Ok(taken) => match taken? {
-                Some((pairs, last)) => {
-                    out.extend(pairs);
-                    pipeline.ack();
-                    if last {
-                        return Ok(out);
-                    }
-                }
-                None => return Ok(out),
-            },
-            // The thread ended without a final step.
-            Err(_) => return Err(Reason::Internal),
-        }
-    }
 }
 
 /// A table directory before an operation, with the baseline the VM holds.

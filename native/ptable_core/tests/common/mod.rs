@@ -6,6 +6,7 @@ pub mod crash;
 pub mod errnos;
 pub mod forge;
 pub mod log_scenarios;
+pub mod restore_steps;
 pub mod scenarios;
 pub mod simfs;
 
