@@ -13,7 +13,7 @@ use ptable_core::change_log::{
     RECORD_HEADER_LEN,
 };
 use ptable_core::etf_rows;
-use ptable_core::log_apply::{apply, LogPlan};
+use ptable_core::log_apply::{apply, PlanBuilder};
 use rng::{seed_from_env, Rng};
 use std::path::Path;
 
@@ -380,10 +380,11 @@ fn random_damage_and_stale_records_give_a_prefix_of_the_history() {
 fn streaming_restore(seed: u64, base: &[Vec<u8>], log: &[u8]) -> Vec<Vec<u8>> {
     let mut reader = LogReader::open(log, Path::new("log")).unwrap();
     assert_eq!(reader.header().hash_seed, seed);
-    let mut plan = LogPlan::new();
+    let mut plan = PlanBuilder::new();
     while let Some(record) = reader.next_record().unwrap() {
         plan.add(&record).unwrap();
     }
+    let plan = plan.finish();
     let records = reader.record_count();
     let mut inserted = Vec::new();
     for chunk in base {
@@ -398,7 +399,7 @@ fn streaming_restore(seed: u64, base: &[Vec<u8>], log: &[u8]) -> Vec<Vec<u8>> {
     for _ in 0..records {
         let record = again.next_record().unwrap().expect("verified before");
         for (i, upsert) in record.upserts().enumerate() {
-            if plan.is_final(record.sequence, i, upsert.property_hash) {
+            if plan.is_final(record.sequence, i) {
                 inserted.push(upsert.pair.to_vec());
             }
         }
@@ -438,10 +439,11 @@ fn a_streaming_restore_inserts_each_row_once() {
     properties.dedup();
     assert_eq!(properties.len(), before, "a row inserted twice");
     assert_eq!(sorted(inserted), table.pair_set());
-    let mut plan = LogPlan::new();
+    let mut plan = PlanBuilder::new();
     for r in scan_log(&log, Path::new("log")).unwrap().records {
         plan.add(&r).unwrap();
     }
+    let plan = plan.finish();
     assert_eq!(plan.records(), 20);
     assert!(plan.final_upserts() <= hot.len());
 }

@@ -14,14 +14,19 @@ use common::restore_steps::stream_pairs;
 use ptable_core::etf_rows;
 use ptable_core::pipeline::replay::KEPT_RECORDS_BYTES;
 use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::WriteOptions;
 use ptable_core::{
     open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
-    Reason, RestorePipeline, SnapshotId, StdFs, TableDir,
+    Reason, RestorePipeline, SnapshotId, StdFs, Step, TableDir,
 };
 use rng::{seed_from_env, Rng};
 use std::sync::Arc;
 
 const ROWS_PER_CHUNK: usize = 25;
+
+/// The chunk size the files' headers give: a restore hands out a record's upserts in
+/// chunks of at most this many rows, so records of more rows are split.
+const HEADER_CHUNK_ROWS: u32 = 8;
 
 fn config(baselines: &Arc<Baselines>, full: bool) -> PersistConfig {
     PersistConfig {
@@ -41,7 +46,10 @@ fn persist(dir: &TableDir, baselines: &Arc<Baselines>, table: &Table, order: u64
         let pipeline = PersistPipeline::begin(
             fs,
             dir.clone(),
-            options(3),
+            WriteOptions {
+                chunk_rows: HEADER_CHUNK_ROWS,
+                ..options(3)
+            },
             rows,
             5,
             config(baselines, full),
@@ -84,6 +92,35 @@ fn restore_keeping(dir: &TableDir, baselines: &Arc<Baselines>, kept_bytes: usize
     sorted(out)
 }
 
+/// Restores `dir` again on the calling thread (no baseline kept): the rows of the largest
+/// chunk taken from the log.
+fn largest_log_chunk(dir: &TableDir) -> usize {
+    let (found, mut skipped, _) = restore_parts(open_newest_valid(&StdFs, dir, None));
+    let (file, _kind, log) = found.expect("a valid file");
+    let replay = Replay::new(file, log, None, &mut skipped).expect("replay");
+    let pipeline = RestorePipeline::replaying(replay);
+    let mut largest = 0;
+    let mut more = true;
+    while more {
+        pipeline.pull(&mut |step: Step<'_>| {
+            more = match step {
+                Step::Chunk {
+                    rows, last, path, ..
+                } => {
+                    if path.extension().is_some_and(|e| e == "log") {
+                        largest = largest.max(rows.unwrap_or(0) as usize);
+                    }
+                    !last
+                }
+                Step::Done => false,
+                Step::Failed(e) => panic!("restore failed: {e}"),
+            };
+            true
+        });
+    }
+    largest
+}
+
 #[test]
 fn every_state_of_a_random_history_restores() {
     let seed = seed_from_env("PTABLE_LOG_SEED");
@@ -93,6 +130,7 @@ fn every_state_of_a_random_history_restores() {
     let mut baselines = Arc::new(Baselines::new());
     let mut table = Table::random(&mut rng, 300);
     let mut counts = [0usize; 3];
+    let mut largest_log = 0;
     for round in 0..80u64 {
         match rng.below(12) {
             0 => {}
@@ -121,6 +159,12 @@ fn every_state_of_a_random_history_restores() {
         };
         let restored = restore_keeping(&dir, &baselines, kept_bytes);
         assert_eq!(restored, table.pair_set(), "round {round}");
+        let largest = largest_log_chunk(&dir);
+        assert!(
+            largest <= HEADER_CHUNK_ROWS as usize,
+            "round {round}: {largest}"
+        );
+        largest_log = largest_log.max(largest);
     }
     println!(
         "[log persist] appended {}, written {}, unchanged {}",
@@ -130,6 +174,8 @@ fn every_state_of_a_random_history_restores() {
         counts[0] > 30 && counts[1] > 2 && counts[2] > 0,
         "{counts:?}"
     );
+    // Records of more upserts than a chunk holds were split.
+    assert_eq!(largest_log, HEADER_CHUNK_ROWS as usize);
 }
 
 #[test]
