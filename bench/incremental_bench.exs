@@ -2,6 +2,7 @@
 #
 #     MIX_ENV=prod mix run bench/incremental_bench.exs [--sizes 100000,1000000] [--runs 5]
 #                                                      [--seeds 1,2] [--log-compaction 0.25]
+#                                                      [--restore-only]
 #
 # With `ELIXIR_ERL_OPTIONS="+sbwt none +sbwtdcpu none +sbwtdio none"` the CPU times (the
 # VM's, all threads: `:erlang.statistics(:runtime)`) leave out schedulers spinning while
@@ -30,7 +31,14 @@ defmodule IncrementalBench do
   @log_compaction 0.25
 
   def main(argv) do
-    strict = [sizes: :string, runs: :integer, seeds: :string, log_compaction: :float]
+    strict = [
+      sizes: :string,
+      runs: :integer,
+      seeds: :string,
+      log_compaction: :float,
+      restore_only: :boolean
+    ]
+
     {o, _, _} = OptionParser.parse(argv, strict: strict)
 
     sizes = parse(o[:sizes] || "100000")
@@ -41,7 +49,7 @@ defmodule IncrementalBench do
     IO.puts("log_compaction: #{threshold}")
 
     for n <- sizes, seed <- seeds, mix <- [:realistic, :binary] do
-      run(n, seed, mix, runs, threshold)
+      run(n, seed, mix, runs, threshold, o[:restore_only] || false)
     end
 
     IO.puts("load at end: #{File.read!("/proc/loadavg") |> String.trim()}")
@@ -49,15 +57,31 @@ defmodule IncrementalBench do
 
   defp parse(s), do: s |> String.split(",") |> Enum.map(&String.to_integer/1)
 
-  defp run(n, seed, mix, runs, threshold) do
+  # `--restore-only`: the table as generated, its restores alone (no persist cases).
+  defp run(n, seed, mix, runs, threshold, restore_only?) do
     table = Data.new_table(:inc, n, seed)
     if mix == :binary, do: binarize(table, seed)
     dir = Path.join(System.tmp_dir!(), "inc_bench_#{System.unique_integer([:positive])}")
     full = [data_directory: dir, table_name: "full", log_compaction: 0]
-    inc = [data_directory: dir, table_name: "inc", log_compaction: threshold]
     Persist.persist_to_disk!(table, full)
-    first = measure(fn -> Persist.persist_to_disk!(table, inc) end)
     base = File.stat!(Path.join([dir, "full", "data.ptable"])).size
+
+    if restore_only? do
+      IO.puts(
+        "\n### #{n} rows, #{mix}, seed #{seed} (full file #{kib(base)}; medians of #{runs})"
+      )
+    else
+      persists(table, {n, seed, mix}, dir, full, base, runs, threshold)
+    end
+
+    restore(table, dir, base, runs, threshold)
+    File.rm_rf!(dir)
+    :ets.delete(table)
+  end
+
+  defp persists(table, {n, seed, mix}, dir, full, base, runs, threshold) do
+    inc = [data_directory: dir, table_name: "inc", log_compaction: threshold]
+    first = measure(fn -> Persist.persist_to_disk!(table, inc) end)
 
     cases = [
       {"one row changed", fn r -> Data.mutate(table, 0.0, seed * 1000 + r) end},
@@ -96,10 +120,6 @@ defmodule IncrementalBench do
     First persist of the directory (a full write that builds the change index): \
     #{ms(first.us)} ms, peak RSS growth #{kib(first.hwm)}.\
     """)
-
-    restore(table, dir, base, runs, threshold)
-    File.rm_rf!(dir)
-    :ets.delete(table)
   end
 
   defp restore(table, dir, base, runs, threshold) do
