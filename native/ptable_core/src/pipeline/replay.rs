@@ -1,6 +1,6 @@
 //! What a restore hands out: the chunks of a verified base file, less the rows its change
-//! log supersedes, then the log's final upserts (see `log_apply`), one chunk per record
-//! that has any. Each row of the result is handed out once. On the way it rebuilds the
+//! log supersedes, then the log's final upserts (see `log_apply`), in chunks of one
+//! record's, at most the base's chunk size each. Each row of the result is handed out once. On the way it rebuilds the
 //! change index of the state it restores, and once every chunk is handed out leaves it as
 //! the directory's baseline, so the next persist appends only what changed.
 
