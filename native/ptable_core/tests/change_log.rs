@@ -467,8 +467,21 @@ fn a_plan_of_many_rows_finds_each_in_under_10_bytes_a_row() {
     }
     let plan = plan.finish();
     assert!(named.iter().all(|&p| plan.supersedes(p)));
-    let others = (0..60_000).map(|_| rng.next());
-    assert_eq!(others.filter(|&p| plan.supersedes(p)).count(), 0);
+    let others: Vec<u64> = (0..60_000).map(|_| rng.next()).collect();
+    assert_eq!(others.iter().filter(|&&p| plan.supersedes(p)).count(), 0);
+    // The batched lookup answers as the one at a time, in order, on a mix of both.
+    let mixed: Vec<u64> = named
+        .iter()
+        .zip(&others)
+        .flat_map(|(&a, &b)| [a, b])
+        .collect();
+    let mut each = vec![true; 3];
+    plan.supersedes_each(&mixed, &mut each);
+    let one_by_one: Vec<bool> = mixed.iter().map(|&p| plan.supersedes(p)).collect();
+    assert_eq!(each, one_by_one);
+    assert_eq!(each.iter().filter(|&&s| s).count(), named.len());
+    plan.supersedes_each(&[], &mut each);
+    assert!(each.is_empty());
     assert_eq!(plan.final_upserts(), 0);
     assert_eq!(plan.chunks(1000), 0);
     let per_row = plan.heap_bytes() as f64 / named.len() as f64;

@@ -237,14 +237,20 @@ impl Replay {
     /// supersede (when it supersedes any). Returns how many rows are handed out.
     fn filter_base_chunk(&mut self) -> Result<u64> {
         let bad_file = || Error::new(Reason::BadFile, self.file.path());
-        let plan = self.log.as_ref().map(|l| &l.plan);
-        let mut kept = Vec::new();
-        let mut all = 0u64;
+        let mut rows = Vec::new();
         for pair in etf_rows::pairs(&self.buffer).map_err(|_| bad_file())? {
             let pair = pair.map_err(|_| bad_file())?;
-            all += 1;
-            let row = RowHash::of(self.seed, &pair);
-            if plan.is_some_and(|p| p.supersedes(row.property)) {
+            rows.push((RowHash::of(self.seed, &pair), pair.bytes));
+        }
+        let all = rows.len() as u64;
+        let mut superseded = Vec::new();
+        if let Some(log) = self.log.as_ref() {
+            let properties: Vec<u64> = rows.iter().map(|(row, _)| row.property).collect();
+            log.plan.supersedes_each(&properties, &mut superseded);
+        }
+        let mut kept = Vec::with_capacity(rows.len());
+        for (i, (row, bytes)) in rows.into_iter().enumerate() {
+            if superseded.get(i).copied().unwrap_or(false) {
                 continue;
             }
             if let Some(builder) = self.builder.as_mut() {
@@ -252,7 +258,7 @@ impl Replay {
                     self.builder = None;
                 }
             }
-            kept.push(pair.bytes);
+            kept.push(bytes);
         }
         if kept.len() as u64 == all {
             return Ok(all);
