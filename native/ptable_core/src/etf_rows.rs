@@ -450,17 +450,50 @@ pub fn encode_list<'p>(
     pairs: impl ExactSizeIterator<Item = &'p [u8]>,
     out: &mut Vec<u8>,
 ) -> Option<()> {
-    let count = u32::try_from(pairs.len()).ok()?;
-    out.push(VERSION_MAGIC);
-    if count > 0 {
-        out.push(LIST_EXT);
-        out.extend_from_slice(&count.to_be_bytes());
-        for pair in pairs {
-            out.extend_from_slice(pair);
-        }
+    u32::try_from(pairs.len()).ok()?;
+    let mut list = ListWriter::start(out);
+    for pair in pairs {
+        list.push(out, pair);
     }
-    out.push(NIL_EXT);
-    Some(())
+    list.finish(out)
+}
+
+/// A list written as [`encode_list`] writes it, one pair at a time, for a caller that
+/// learns the count only at the end.
+pub struct ListWriter {
+    start: usize,
+    count: u64,
+}
+
+impl ListWriter {
+    /// Appends the list's head to `out`, its count to be filled in by `finish`.
+    pub fn start(out: &mut Vec<u8>) -> Self {
+        let start = out.len();
+        out.extend_from_slice(&[VERSION_MAGIC, LIST_EXT, 0, 0, 0, 0]);
+        ListWriter { start, count: 0 }
+    }
+
+    /// Appends one pair's bytes.
+    pub fn push(&mut self, out: &mut Vec<u8>, pair: &[u8]) {
+        out.extend_from_slice(pair);
+        self.count += 1;
+    }
+
+    /// Ends the list (`[]` alone when it has no pair). `None`, with `out` as before
+    /// `start`, for more than `u32::MAX` pairs.
+    pub fn finish(self, out: &mut Vec<u8>) -> Option<()> {
+        let Ok(count) = u32::try_from(self.count) else {
+            out.truncate(self.start);
+            return None;
+        };
+        if count == 0 {
+            out.truncate(self.start + 1);
+        } else if let Some(head) = out.get_mut(self.start + 2..self.start + 6) {
+            head.copy_from_slice(&count.to_be_bytes());
+        }
+        out.push(NIL_EXT);
+        Some(())
+    }
 }
 
 #[cfg(test)]

@@ -641,6 +641,14 @@ fn inject_all(scn: &Scenario, progress: &Progress) -> Tally {
     }
     // Taken before the checks, whose restores make calls of their own.
     let calls = clean.fs.calls();
+    // A log is planned on a thread of its own while its base verifies, from memory: every
+    // call stays on one thread, in one order, so each fault lands on the call aimed at.
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.thread.as_deref() != Some("ptable_log_plan")),
+        "{name}: a file-system call while planning the log"
+    );
     if let Err(msg) = check_disk(&clean.fs, &[("the new table", scn.new_table())])
         .and_then(|()| check_next_persists(scn, &clean, None, &mut tables))
     {

@@ -12,12 +12,14 @@ use change_log_support::{sorted, Table};
 use common::options;
 use common::restore_steps::stream_pairs;
 use ptable_core::etf_rows;
+use ptable_core::format::HeaderV2;
 use ptable_core::pipeline::replay::KEPT_RECORDS_BYTES;
-use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::pipeline::{open_restore, BaselineKeeper, Replay};
+use ptable_core::table_dir::{open_newest_planned, FoundLog, LogPlanner};
 use ptable_core::WriteOptions;
 use ptable_core::{
     open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
-    Reason, RestorePipeline, SnapshotId, StdFs, Step, TableDir,
+    Reason, RestorePipeline, SnapshotId, SourceKind, StdFs, Step, TableDir,
 };
 use rng::{seed_from_env, Rng};
 use std::sync::Arc;
@@ -39,7 +41,18 @@ fn config(baselines: &Arc<Baselines>, full: bool) -> PersistConfig {
 /// One persist as the wrapper runs it: the chunks through the writer thread, and again
 /// with `full` when the log cannot take the change.
 fn persist(dir: &TableDir, baselines: &Arc<Baselines>, table: &Table, order: u64) -> CommitOutcome {
-    let chunks = table.chunks(ROWS_PER_CHUNK, order);
+    persist_chunked(dir, baselines, table, order, ROWS_PER_CHUNK)
+}
+
+/// [`persist`], in chunks of `per_chunk` rows.
+fn persist_chunked(
+    dir: &TableDir,
+    baselines: &Arc<Baselines>,
+    table: &Table,
+    order: u64,
+    per_chunk: usize,
+) -> CommitOutcome {
+    let chunks = table.chunks(per_chunk, order);
     let attempt = |full| {
         let fs = Arc::new(StdFs);
         let rows = table.rows.len() as u64;
@@ -176,6 +189,90 @@ fn every_state_of_a_random_history_restores() {
     );
     // Records of more upserts than a chunk holds were split.
     assert_eq!(largest_log, HEADER_CHUNK_ROWS as usize);
+}
+
+/// A restore looks a base chunk's rows up in the log's plan about a thousand at a time: a
+/// base of one 3,000-row chunk, and a log superseding rows all over it, restore exactly,
+/// opened as the NIF opens it (the log planned while the base verifies) and the serial way.
+#[test]
+fn a_base_chunk_of_several_lookup_batches_restores_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let baselines = Arc::new(Baselines::new());
+    let mut rng = Rng::new(11);
+    let mut table = Table::random(&mut rng, 3000);
+    let first = persist_chunked(&dir, &baselines, &table, 1, 3000);
+    assert_eq!(first, CommitOutcome::Written);
+    table.mutate(&mut rng, 10, 100, 100);
+    let second = persist_chunked(&dir, &baselines, &table, 2, 3000);
+    assert!(matches!(second, CommitOutcome::Appended(_)), "{second:?}");
+    assert_eq!(restore(&dir, &baselines), table.pair_set());
+    let opened = open_restore(&StdFs, &dir, None, None);
+    assert!(opened.skipped.is_empty(), "{:?}", opened.skipped);
+    let (replay, _kind) = opened.replay.expect("a valid file");
+    let pipeline = RestorePipeline::replaying(replay);
+    let out = stream_pairs(&pipeline).unwrap_or_else(|e| panic!("restore failed: {e}"));
+    pipeline.close();
+    assert_eq!(sorted(out), table.pair_set());
+}
+
+/// Notes the thread each plan was made on.
+struct NotingPlanner {
+    in_memory: bool,
+}
+
+impl LogPlanner for NotingPlanner {
+    type Loaded = FoundLog;
+    type Planned = Option<String>;
+
+    fn load(&self, found: FoundLog, _base: &HeaderV2) -> FoundLog {
+        found
+    }
+
+    fn in_memory(&self, _loaded: &FoundLog) -> bool {
+        self.in_memory
+    }
+
+    fn plan(&self, _loaded: FoundLog) -> Option<String> {
+        std::thread::current().name().map(str::to_owned)
+    }
+}
+
+/// A log whose plan needs no file is planned on a thread of its own while the base
+/// verifies; one that does, on the calling thread. A plan made for a base that then fails
+/// verification is dropped: the backup is restored without the stable file's log.
+#[test]
+fn a_log_is_planned_beside_its_base_only_when_in_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = TableDir::new(tmp.path().join("t"));
+    let baselines = Arc::new(Baselines::new());
+    let mut rng = Rng::new(5);
+    let mut table = Table::random(&mut rng, 200);
+    persist(&dir, &baselines, &table, 1);
+    table.mutate(&mut rng, 100, 0, 0);
+    assert_eq!(persist(&dir, &baselines, &table, 2), CommitOutcome::Written);
+    table.mutate(&mut rng, 0, 1, 1);
+    let appended = persist(&dir, &baselines, &table, 3);
+    assert!(
+        matches!(appended, CommitOutcome::Appended(_)),
+        "{appended:?}"
+    );
+    for (in_memory, on_plan_thread) in [(true, true), (false, false)] {
+        let planner = NotingPlanner { in_memory };
+        let source = open_newest_planned(&StdFs, &dir, None, &planner).expect("stable");
+        assert_eq!(source.kind, SourceKind::Stable);
+        let thread = source.log.expect("its log").expect("a named thread");
+        assert_eq!(thread == "ptable_log_plan", on_plan_thread, "{thread}");
+    }
+    let stable = dir.stable();
+    let mut bytes = std::fs::read(&stable).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&stable, bytes).unwrap();
+    let planner = NotingPlanner { in_memory: true };
+    let source = open_newest_planned(&StdFs, &dir, None, &planner).expect("backup");
+    assert_eq!(source.kind, SourceKind::Backup);
+    assert!(source.log.is_none());
 }
 
 #[test]

@@ -5,11 +5,9 @@
 
 use crate::terms::{answer, Answer, Failure, Name, RawPath, Status};
 use ptable_core::etf::uncompressed_term;
-use ptable_core::pipeline::{BaselineKeeper, Replay};
-use ptable_core::{count_limit, open_newest_valid, restore_parts, RestorePipeline, StdFs};
-use ptable_core::{SourceKind, Step, TableDir};
+use ptable_core::pipeline::{open_restore, OpenedRestore};
+use ptable_core::{count_limit, RestorePipeline, StdFs, Step, TableDir};
 use rustler::{Encoder, Env, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term};
-use std::sync::Arc;
 
 const BAD_FILE: Name = Name("bad_file");
 
@@ -60,12 +58,8 @@ enum Rows<'a> {
 #[rustler::nif(schedule = "DirtyIo")]
 fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
     let (keep, dir) = (Some(count_limit(max_quarantined)), TableDir::new(dir.0));
-    let (found, mut skipped, quarantined) = restore_parts(open_newest_valid(&StdFs, &dir, keep));
-    let replay = found.and_then(|(file, kind, log)| {
-        let baselines = Arc::clone(&crate::BASELINES);
-        let keeper = (kind == SourceKind::Stable).then_some(BaselineKeeper { baselines, dir });
-        Ok((Replay::new(file, log, keeper, &mut skipped)?, kind))
-    });
+    let OpenedRestore { replay, skipped, quarantined } =
+        open_restore(&StdFs, &dir, keep, Some(&crate::BASELINES));
     RestoreOpen {
         file: answer(replay).map(|(replay, kind)| Source {
             kind: Name(kind.as_str()),

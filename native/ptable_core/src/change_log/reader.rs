@@ -77,6 +77,26 @@ impl<R: Read> LogReader<R> {
         self.input
     }
 
+    /// This reader reading on from `input` (the bytes that follow where it is), and its
+    /// own input.
+    pub fn replace_input<S>(self, input: S) -> (LogReader<S>, R) {
+        let reader = LogReader {
+            input,
+            header: self.header,
+            next_sequence: self.next_sequence,
+            valid_len: self.valid_len,
+            records: self.records,
+            operations: self.operations,
+            stop: self.stop,
+        };
+        (reader, self.input)
+    }
+
+    /// The input, positioned where the next record starts (before any is read).
+    pub fn input_mut(&mut self) -> &mut R {
+        &mut self.input
+    }
+
     pub fn header(&self) -> &LogHeader {
         &self.header
     }

@@ -164,3 +164,32 @@ fn fun_size_must_match_its_contents() {
         assert!(single_pair(&bad).is_err(), "size {wrong}");
     }
 }
+
+/// The bytes `term_to_binary` gives `[]`, `[{a, 1}]` and `[{a, 1}, {[], "xy"}]`, appended
+/// after what `out` held, whether the pairs come at once or one by one.
+#[test]
+fn lists_are_written_as_term_to_binary_writes_them() {
+    let mut two = vec![131, 108, 0, 0, 0, 2];
+    two.extend_from_slice(PAIR_A);
+    two.extend_from_slice(PAIR_NIL);
+    two.push(106);
+    let mut one = vec![131, 108, 0, 0, 0, 1];
+    one.extend_from_slice(PAIR_A);
+    one.push(106);
+    for (pairs, expected) in [
+        (&[][..], vec![131, 106]),
+        (&[PAIR_A][..], one),
+        (&[PAIR_A, PAIR_NIL][..], two),
+    ] {
+        let mut at_once = vec![7];
+        encode_list(pairs.iter().copied(), &mut at_once).unwrap();
+        let mut one_by_one = vec![7];
+        let mut list = ListWriter::start(&mut one_by_one);
+        for pair in pairs {
+            list.push(&mut one_by_one, pair);
+        }
+        list.finish(&mut one_by_one).unwrap();
+        assert_eq!(at_once[1..], expected[..]);
+        assert_eq!(one_by_one, at_once);
+    }
+}

@@ -14,5 +14,5 @@ pub mod replay;
 pub mod restore;
 
 pub use persist::{ChunkConsumer, PersistPipeline};
-pub use replay::{BaselineKeeper, Replay};
+pub use replay::{open_restore, BaselineKeeper, OpenedRestore, Replay};
 pub use restore::{RestorePipeline, Step, StepSink};

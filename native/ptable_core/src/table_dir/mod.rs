@@ -29,7 +29,10 @@ pub use baseline::{BaseId, Baseline, Baselines, LogState};
 pub use log::{find_log, open_log, FileLogReader, FoundLog};
 pub use persist::{CommitOutcome, PersistConfig, PersistSession};
 pub use quarantine::{quarantined_files, utc_compact, DEFAULT_MAX_QUARANTINED};
-pub use restore::{open_newest_valid, restore_parts, RestoreFailure, RestoreSource, SourceKind};
+pub use restore::{
+    open_newest_planned, open_newest_valid, restore_parts, FindOnly, LogPlanner, RestoreFailure,
+    RestoreSource, SourceKind,
+};
 pub use snapshots::{list_snapshots, restore_snapshot, restore_snapshot_keeping, SnapshotEntry};
 
 use crate::error::{Error, Reason, Result};

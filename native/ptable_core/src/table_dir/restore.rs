@@ -4,9 +4,10 @@ use super::log::{find_log, FoundLog};
 use super::quarantine::quarantine_file;
 use super::{lock_dir, open_verified, TableDir};
 use crate::error::{Error, Reason, Result};
+use crate::format::HeaderV2;
 use crate::fs::Fs;
 use crate::reader::TableFile;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Which file a restore read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,13 +28,49 @@ impl SourceKind {
     }
 }
 
+/// What a restore does with the change log of each file it tries, in two steps, so that
+/// the second can run on another thread while the file verifies (a restore's first pass
+/// over a log at 1M rows costs about as much as verifying the base).
+pub trait LogPlanner: Sync {
+    /// What [`load`](Self::load) read.
+    type Loaded: Send;
+    /// What [`plan`](Self::plan) made of it.
+    type Planned: Send;
+    /// Reads what the plan needs, on the calling thread, before the file verifies: file
+    /// system calls are made in one order whatever runs in parallel afterwards.
+    fn load(&self, found: FoundLog, base: &HeaderV2) -> Self::Loaded;
+    /// Whether planning `loaded` makes no file-system call, so may overlap verification.
+    fn in_memory(&self, loaded: &Self::Loaded) -> bool;
+    fn plan(&self, loaded: Self::Loaded) -> Self::Planned;
+}
+
+/// Finds the log and leaves it as found, read past its header.
+pub struct FindOnly;
+
+impl LogPlanner for FindOnly {
+    type Loaded = FoundLog;
+    type Planned = FoundLog;
+
+    fn load(&self, found: FoundLog, _base: &HeaderV2) -> FoundLog {
+        found
+    }
+
+    fn in_memory(&self, _loaded: &FoundLog) -> bool {
+        false
+    }
+
+    fn plan(&self, loaded: FoundLog) -> FoundLog {
+        loaded
+    }
+}
+
 /// The verified file a restore reads, the log that continues it, and the files that failed
 /// before it.
-pub struct RestoreSource {
+pub struct RestoreSource<L = FoundLog> {
     pub file: TableFile,
     pub kind: SourceKind,
-    /// The change log whose header names `file`, read past its header.
-    pub log: Option<FoundLog>,
+    /// The change log whose header names `file`, as the [`LogPlanner`] left it.
+    pub log: Option<L>,
     pub failures: Vec<Error>,
     /// Where corrupt files were moved (see [`open_newest_valid`]).
     pub quarantined: Vec<PathBuf>,
@@ -52,10 +89,10 @@ pub struct RestoreFailure {
 /// What [`open_newest_valid`] found, taken apart the same way whatever the outcome: the file
 /// and its kind (or why there is none), the files that failed, and where corrupt ones went.
 #[allow(clippy::type_complexity)]
-pub fn restore_parts(
-    found: std::result::Result<RestoreSource, RestoreFailure>,
+pub fn restore_parts<L>(
+    found: std::result::Result<RestoreSource<L>, RestoreFailure>,
 ) -> (
-    Result<(TableFile, SourceKind, Option<FoundLog>)>,
+    Result<(TableFile, SourceKind, Option<L>)>,
     Vec<Error>,
     Vec<PathBuf>,
 ) {
@@ -79,6 +116,18 @@ pub fn open_newest_valid(
     dir: &TableDir,
     quarantine: Option<usize>,
 ) -> std::result::Result<RestoreSource, RestoreFailure> {
+    open_newest_planned(fs, dir, quarantine, &FindOnly)
+}
+
+/// [`open_newest_valid`], with each candidate's log handed to `planner`: loaded before the
+/// candidate verifies, then planned, while it verifies when the plan needs no file. A plan
+/// made for a candidate that fails verification is dropped.
+pub fn open_newest_planned<P: LogPlanner>(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    quarantine: Option<usize>,
+    planner: &P,
+) -> std::result::Result<RestoreSource<P::Planned>, RestoreFailure> {
     let mut failures = Vec::new();
     let mut corrupt = Vec::new();
     let mut found = None;
@@ -86,9 +135,9 @@ pub fn open_newest_valid(
         (SourceKind::Stable, dir.stable()),
         (SourceKind::Backup, dir.backup()),
     ] {
-        match open_verified(fs, &path) {
-            Ok(file) => {
-                found = Some((file, kind));
+        match open_candidate(fs, dir, &path, planner) {
+            Ok(candidate) => {
+                found = Some((candidate, kind));
                 break;
             }
             Err(e) if e.reason == Reason::Enoent => {}
@@ -102,8 +151,8 @@ pub fn open_newest_valid(
     }
     // Only a file that verifies in full counts: a tmp file is written header-last.
     if found.is_none() {
-        if let Ok(file) = open_verified(fs, &dir.tmp()) {
-            found = Some((file, SourceKind::Tmp));
+        if let Ok(candidate) = open_candidate(fs, dir, &dir.tmp(), planner) {
+            found = Some((candidate, SourceKind::Tmp));
         }
     }
     let quarantined = match quarantine {
@@ -111,15 +160,8 @@ pub fn open_newest_valid(
         _ => Vec::new(),
     };
     match found {
-        Some((file, kind)) => {
-            let log = match file.header().current() {
-                Some(header) => {
-                    let (log, log_failures) = find_log(fs, dir, header);
-                    failures.extend(log_failures);
-                    log
-                }
-                None => None,
-            };
+        Some(((file, log, log_failures), kind)) => {
+            failures.extend(log_failures);
             Ok(RestoreSource {
                 file,
                 kind,
@@ -140,6 +182,52 @@ pub fn open_newest_valid(
             })
         }
     }
+}
+
+/// A candidate that verified, its log as `planner` left it (when one names it), and the
+/// logs that could not be read.
+type Candidate<L> = (TableFile, Option<L>, Vec<Error>);
+
+/// Opens the file at `path` and verifies it completely, planning its log meanwhile.
+fn open_candidate<P: LogPlanner>(
+    fs: &dyn Fs,
+    dir: &TableDir,
+    path: &Path,
+    planner: &P,
+) -> Result<Candidate<P::Planned>> {
+    let mut file = TableFile::open(fs, path)?;
+    let Some(header) = file.header().current().copied() else {
+        file.verify()?;
+        return Ok((file, None, Vec::new()));
+    };
+    let (log, log_failures) = find_log(fs, dir, &header);
+    let Some(log) = log else {
+        file.verify()?;
+        return Ok((file, None, log_failures));
+    };
+    let loaded = planner.load(log, &header);
+    if !planner.in_memory(&loaded) {
+        file.verify()?;
+        return Ok((file, Some(planner.plan(loaded)), log_failures));
+    }
+    let mut loaded = Some(loaded);
+    let (verified, planned) = std::thread::scope(|scope| {
+        let planning = std::thread::Builder::new()
+            .name("ptable_log_plan".into())
+            .spawn_scoped(scope, || loaded.take().map(|l| planner.plan(l)));
+        let verified = file.verify();
+        // A panic in the plan is this call's, as if it had planned on this thread.
+        let planned = planning.ok().and_then(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (verified, planned)
+    });
+    verified?;
+    // No thread could be started: the plan is made here.
+    let planned = planned.or_else(|| loaded.map(|l| planner.plan(l)));
+    Ok((file, planned, log_failures))
 }
 
 /// Moves the files in `corrupt` aside if the lock is free and they are still corrupt.

@@ -8,12 +8,12 @@ use super::options;
 use super::scenarios::{arc, table};
 use super::simfs::{NodeKind, SimFs, State};
 use ptable_core::etf_rows;
-use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::pipeline::open_restore;
 use ptable_core::table_dir::Baseline;
 use ptable_core::Fs;
 use ptable_core::{
-    open_newest_valid, restore_parts, Baselines, CommitOutcome, PersistConfig, PersistPipeline,
-    PersistSession, Reason, RestorePipeline, SourceKind,
+    Baselines, CommitOutcome, PersistConfig, PersistPipeline, PersistSession, Reason,
+    RestorePipeline,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -233,15 +233,9 @@ pub fn restore_rows(
     baselines: Option<&Arc<Baselines>>,
 ) -> Restored {
     let keep = quarantine.then_some(MAX_QUARANTINED);
-    let (found, mut skipped, _) = restore_parts(open_newest_valid(fs, &table(), keep));
-    let (file, kind, log) = found.map_err(|e| e.reason)?;
-    let keeper = baselines
-        .filter(|_| kind == SourceKind::Stable)
-        .map(|b| BaselineKeeper {
-            baselines: Arc::clone(b),
-            dir: table(),
-        });
-    let replay = Replay::new(file, log, keeper, &mut skipped).map_err(|e| e.reason)?;
+    let opened = open_restore(fs, &table(), keep, baselines);
+    let (replay, _) = opened.replay.map_err(|e| e.reason)?;
+    let skipped = opened.skipped;
     let pipeline = RestorePipeline::replaying(replay);
     let pairs = if threaded {
         stream_pairs(&pipeline).map_err(|e| e.reason)
