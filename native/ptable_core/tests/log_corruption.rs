@@ -22,7 +22,7 @@ use change_log_support::{random_property, sorted, Table};
 use common::options;
 use common::restore_steps::{pull_pairs, stream_pairs};
 use ptable_core::change_log::{scan_log, LogStop, LOG_HEADER_LEN, RECORD_HEADER_LEN};
-use ptable_core::pipeline::{BaselineKeeper, Replay};
+use ptable_core::pipeline::{open_restore, Replay};
 use ptable_core::{
     etf_rows, open_newest_valid, restore_parts, Baselines, CommitOutcome, Error, PersistConfig,
     PersistPipeline, Reason, RestorePipeline, SourceKind, StdFs, TableDir,
@@ -248,25 +248,34 @@ struct Restored {
     skipped: Vec<Error>,
 }
 
-/// Restores `dir` with the steps pulled on this thread, or, given `baselines`, streamed by
-/// the reader thread, which leaves there the baseline it rebuilt (as a restore in the VM).
+/// Restores `dir` with the steps pulled on this thread, the log planned after the base
+/// verified (as on one core), or, given `baselines`, as the NIF does: the log planned while
+/// the base verifies, the steps streamed by the reader thread, which leaves there the
+/// baseline it rebuilt.
 fn restore(dir: &TableDir, baselines: Option<&Arc<Baselines>>) -> Restored {
-    let (found, mut skipped, _) = restore_parts(open_newest_valid(&StdFs, dir, None));
-    let (file, kind, log) = found.expect("the base verifies");
-    let keeper = baselines.map(|baselines| BaselineKeeper {
-        baselines: Arc::clone(baselines),
-        dir: dir.clone(),
-    });
-    let threaded = keeper.is_some();
-    let replay = Replay::new(file, log, keeper, &mut skipped)
-        .unwrap_or_else(|e| panic!("a damaged log made the restore fail: {e}"));
+    fn damaged<T>(e: Error) -> T {
+        panic!("a damaged log made the restore fail: {e}")
+    }
+    let (replay, kind, skipped) = match baselines {
+        None => {
+            let (found, mut skipped, _) = restore_parts(open_newest_valid(&StdFs, dir, None));
+            let (file, kind, log) = found.expect("the base verifies");
+            let replay = Replay::new(file, log, None, &mut skipped).unwrap_or_else(damaged);
+            (replay, kind, skipped)
+        }
+        Some(baselines) => {
+            let opened = open_restore(&StdFs, dir, None, Some(baselines));
+            let (replay, kind) = opened.replay.unwrap_or_else(damaged);
+            (replay, kind, opened.skipped)
+        }
+    };
     let pipeline = RestorePipeline::replaying(replay);
-    let rows = if threaded {
+    let rows = if baselines.is_some() {
         stream_pairs(&pipeline)
     } else {
         pull_pairs(&pipeline)
     }
-    .unwrap_or_else(|e| panic!("a damaged log made the restore fail: {e}"));
+    .unwrap_or_else(damaged);
     pipeline.close();
     Restored {
         rows: sorted(rows),
