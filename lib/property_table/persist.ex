@@ -58,7 +58,8 @@ defmodule PropertyTable.Persist do
   file instead (a compaction) and the log goes with the old file to the backup.
   A restore applies the records that verify, in order, after the file they belong to; a
   record torn by a power cut (never acknowledged) and anything after it is left out and
-  logged.
+  logged as a warning that names the log, the byte offset of that record and the check it
+  fails (`truncated` for a torn last append).
 
   ## Options
 

@@ -185,7 +185,8 @@ defmodule PropertyTable.PersistLogTest do
         assert {:ok, first} == restore_fresh(opts(dir))
       end)
 
-    assert log =~ "data.ptable.log"
+    # The warning names the record the log stops at: the second, cut short.
+    assert log =~ "data.ptable.log from byte #{first_len} (truncated)"
     assert log =~ "were not applied"
 
     # The next persist (from this VM, whose baseline the truncation made stale, and from a

@@ -60,8 +60,10 @@ defmodule PropertyTable.Persist.Restore do
   end
 
   defp log_skipped(%RestoreOpen{skipped: skipped, quarantined: quarantined}) do
-    Enum.each(skipped, fn %{reason: reason, path: path} ->
-      Logger.warning("PropertyTable.Persist: skipping #{path}: #{Error.describe(reason)}")
+    Enum.each(skipped, fn %{reason: reason, path: path} = skip ->
+      Logger.warning(
+        "PropertyTable.Persist: skipping #{path}#{log_stop(skip)}: #{Error.describe(reason)}"
+      )
     end)
 
     Enum.each(
@@ -69,6 +71,11 @@ defmodule PropertyTable.Persist.Restore do
       &Logger.error("PropertyTable.Persist: moved corrupt file aside to #{&1}")
     )
   end
+
+  defp log_stop(%{offset: offset, fault: fault}) when is_integer(offset),
+    do: " from byte #{offset} (#{fault})"
+
+  defp log_stop(_skipped), do: ""
 
   # The file verified completely (every checksum and content hash) before this runs, yet a
   # chunk can still fail on the way in: a read error, a file replaced on disk meanwhile, a

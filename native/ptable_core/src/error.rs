@@ -76,6 +76,17 @@ impl Reason {
 pub struct Error {
     pub reason: Reason,
     pub path: Option<PathBuf>,
+    /// For [`Reason::LogTail`]: the record the log stops verifying at, so an operator can
+    /// tell a torn last append (`truncated` at the end) from damage further in.
+    pub log_stop: Option<LogStopAt>,
+}
+
+/// Where and why a change log's records stop verifying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogStopAt {
+    /// Byte offset of the first record not applied.
+    pub offset: u64,
+    pub fault: crate::change_log::RecordFault,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -85,11 +96,16 @@ impl Error {
         Error {
             reason,
             path: Some(path.to_path_buf()),
+            log_stop: None,
         }
     }
 
     pub fn without_path(reason: Reason) -> Self {
-        Error { reason, path: None }
+        Error {
+            reason,
+            path: None,
+            log_stop: None,
+        }
     }
 
     /// Converts an I/O error on `path`. A short read means the file is truncated: `bad_file`.
@@ -101,8 +117,12 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.path {
-            Some(path) => write!(f, "{} ({})", self.reason.as_str(), path.display()),
-            None => f.write_str(self.reason.as_str()),
+            Some(path) => write!(f, "{} ({})", self.reason.as_str(), path.display())?,
+            None => f.write_str(self.reason.as_str())?,
+        }
+        match self.log_stop {
+            Some(at) => write!(f, " at byte {}: {}", at.offset, at.fault.as_str()),
+            None => Ok(()),
         }
     }
 }

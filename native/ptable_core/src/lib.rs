@@ -25,7 +25,7 @@ pub mod snapshot_id;
 pub mod table_dir;
 pub mod writer;
 
-pub use error::{Error, Reason, Result};
+pub use error::{Error, LogStopAt, Reason, Result};
 pub use fs::{Fs, StdFs};
 pub use inspect::{inspect_dir, FileReport, FileRole, FileStatus, LogRead, LogReport};
 pub use pipeline::{ChunkConsumer, PersistPipeline, RestorePipeline, Step, StepSink};

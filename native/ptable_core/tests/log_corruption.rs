@@ -24,8 +24,8 @@ use common::restore_steps::{pull_pairs, stream_pairs};
 use ptable_core::change_log::{scan_log, LogStop, LOG_HEADER_LEN, RECORD_HEADER_LEN};
 use ptable_core::pipeline::{open_restore, Replay};
 use ptable_core::{
-    etf_rows, open_newest_valid, restore_parts, Baselines, CommitOutcome, Error, PersistConfig,
-    PersistPipeline, Reason, RestorePipeline, SourceKind, StdFs, TableDir,
+    etf_rows, open_newest_valid, restore_parts, Baselines, CommitOutcome, Error, LogStopAt,
+    PersistConfig, PersistPipeline, Reason, RestorePipeline, SourceKind, StdFs, TableDir,
 };
 use rng::{env_u64, Rng};
 use std::collections::BTreeMap;
@@ -299,8 +299,9 @@ fn restore_both(dir: &TableDir) -> [(&'static str, Restored); 2] {
 /// that apply, and what the restore must report about the log (a label for the tally).
 struct Expected {
     records: usize,
-    /// The reason the restore must list for the log, if any.
-    skipped: Option<Reason>,
+    /// The reason the restore must list for the log, if any, and (`LogTail`) the record
+    /// it must say the log stops at.
+    skipped: Option<(Reason, Option<LogStopAt>)>,
     label: String,
 }
 
@@ -310,7 +311,7 @@ fn expected(history: &History, bytes: &[u8], path: &Path) -> Expected {
         Err(e) => {
             return Expected {
                 records: 0,
-                skipped: Some(e.reason),
+                skipped: Some((e.reason, None)),
                 label: format!("header refused ({})", e.reason.as_str()),
             }
         }
@@ -349,7 +350,7 @@ fn expected(history: &History, bytes: &[u8], path: &Path) -> Expected {
             );
             Expected {
                 records,
-                skipped: Some(Reason::LogTail),
+                skipped: Some((Reason::LogTail, Some(LogStopAt { offset, fault }))),
                 label: format!("log_tail ({})", fault.as_str()),
             }
         }
@@ -372,11 +373,11 @@ fn check(history: &History, path: &Path, bytes: &[u8], want: usize, what: &str) 
             got.rows.len(),
             exp.label
         );
-        let log_failures: Vec<Reason> = got
+        let log_failures: Vec<(Reason, Option<LogStopAt>)> = got
             .skipped
             .iter()
             .filter(|e| e.path.as_deref() == Some(path))
-            .map(|e| e.reason)
+            .map(|e| (e.reason, e.log_stop))
             .collect();
         assert_eq!(
             log_failures,

@@ -7,7 +7,9 @@ use crate::terms::{answer, Answer, Failure, Name, RawPath, Status};
 use ptable_core::etf::uncompressed_term;
 use ptable_core::pipeline::{open_restore, OpenedRestore};
 use ptable_core::{count_limit, RestorePipeline, StdFs, Step, TableDir};
-use rustler::{Encoder, Env, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term};
+use rustler::{
+    Encoder, Env, NifMap, NifStruct, NifTaggedEnum, OwnedEnv, Resource, ResourceArc, Term,
+};
 
 const BAD_FILE: Name = Name("bad_file");
 
@@ -25,8 +27,30 @@ impl Resource for ReaderResource {}
 #[rustler(encode)]
 struct RestoreOpen {
     file: Answer<Source>,
-    skipped: Vec<Failure>,
+    skipped: Vec<Skipped>,
     quarantined: Vec<RawPath>,
+}
+
+/// `%{reason, path, offset, fault}`: a file the restore did not use, or (`:log_tail`) the
+/// record a change log stops verifying at (`offset`, `fault`; `nil` for other reasons).
+#[derive(NifMap)]
+#[rustler(encode)]
+struct Skipped {
+    reason: Name,
+    path: Option<RawPath>,
+    offset: Option<u64>,
+    fault: Option<Name>,
+}
+
+impl From<ptable_core::Error> for Skipped {
+    fn from(e: ptable_core::Error) -> Self {
+        Skipped {
+            reason: Name(e.reason.as_str()),
+            path: e.path.map(RawPath),
+            offset: e.log_stop.map(|at| at.offset),
+            fault: e.log_stop.map(|at| Name(at.fault.as_str())),
+        }
+    }
 }
 
 /// The newest file that verified, open and rewound: every chunk is left.
@@ -67,7 +91,7 @@ fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
             chunks: replay.chunks_left(),
             reader: ResourceArc::new(ReaderResource(RestorePipeline::replaying(replay))),
         }),
-        skipped: skipped.into_iter().map(Failure::from).collect(),
+        skipped: skipped.into_iter().map(Skipped::from).collect(),
         quarantined: quarantined.into_iter().map(RawPath).collect(),
     }
     .encode(env)

@@ -12,8 +12,17 @@ defmodule PropertyTable.Persist.Native.RestoreOpen do
 
   @type t :: %__MODULE__{
           file: {:ok, Source.t()} | {:error, Native.failure()},
-          skipped: [Native.failure()],
+          skipped: [skipped()],
           quarantined: [binary()]
+        }
+
+  # A file not used, or (`:log_tail`) the byte offset and fault of the first record of a
+  # change log that was not applied (`nil` for other reasons).
+  @type skipped :: %{
+          reason: atom(),
+          path: binary() | nil,
+          offset: non_neg_integer() | nil,
+          fault: atom() | nil
         }
 end
 

@@ -7,7 +7,7 @@
 use super::restore::Step;
 use crate::change_index::{pair_hash, IndexBuilder, RowHash};
 use crate::change_log::{LogReader, LogRecord, LogStop};
-use crate::error::{Error, Reason, Result};
+use crate::error::{Error, LogStopAt, Reason, Result};
 use crate::etf_rows::{self, ListWriter};
 use crate::format::HeaderV2;
 use crate::fs::Fs;
@@ -94,7 +94,10 @@ struct Lookup {
 /// says so (reported with the files a restore skipped).
 pub fn log_stop_error(stop: Option<LogStop>, path: &std::path::Path) -> Option<Error> {
     match stop {
-        Some(LogStop::Invalid { .. }) => Some(Error::new(Reason::LogTail, path)),
+        Some(LogStop::Invalid { offset, fault }) => Some(Error {
+            log_stop: Some(LogStopAt { offset, fault }),
+            ..Error::new(Reason::LogTail, path)
+        }),
         _ => None,
     }
 }
