@@ -50,6 +50,7 @@ mod change_log_support;
 mod counting_alloc;
 mod fuzz_driver;
 mod rng;
+mod zeros_crc;
 
 use counting_alloc::{tracked, untracked};
 use md5::Digest;
@@ -69,6 +70,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use zeros_crc::zeros_crc;
 
 // ---------------------------------------------------------------------------------------------
 // A lean in-memory filesystem (reads are what the decoders need; writes serve the seed writer).
@@ -1295,23 +1297,6 @@ fn hole_len(rng: &mut Rng) -> u64 {
             1 << 62,
         ][rng.below(7)],
     }
-}
-
-/// CRC32 state of `n` zero bytes, by doubling.
-fn zeros_crc(n: u64) -> crc32fast::Hasher {
-    let mut result = crc32fast::Hasher::new();
-    let mut power = crc32fast::Hasher::new();
-    power.update(&[0]);
-    let mut bit = 1u64;
-    while bit != 0 && bit <= n {
-        if n & bit != 0 {
-            result.combine(&power);
-        }
-        let copy = power.clone();
-        power.combine(&copy);
-        bit <<= 1;
-    }
-    result
 }
 
 fn make_sparse(rng: &mut Rng, input: &mut Input, seed: &Seed) {

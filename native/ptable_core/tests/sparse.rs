@@ -9,6 +9,7 @@
 
 mod common;
 mod counting_alloc;
+mod zeros_crc;
 
 use common::*;
 use counting_alloc::tracked;
@@ -22,6 +23,7 @@ use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
+use zeros_crc::zeros_crc;
 
 /// What any call on such a file may allocate, whatever it claims.
 const MEMORY_BOUND: u64 = 16 << 20;
@@ -38,23 +40,6 @@ enum FrameCrc {
     HeaderOnly,
     /// Over the header fields and the hole's zeros: every CRC of the file is valid.
     OverHole,
-}
-
-/// CRC32 state of `n` zero bytes, by doubling (2^43 zeros are never fed to the hasher).
-fn zeros_crc(n: u64) -> crc32fast::Hasher {
-    let mut result = crc32fast::Hasher::new();
-    let mut power = crc32fast::Hasher::new();
-    power.update(&[0]);
-    let mut bit = 1u64;
-    while bit <= n {
-        if n & bit != 0 {
-            result.combine(&power);
-        }
-        let copy = power.clone();
-        power.combine(&copy);
-        bit <<= 1;
-    }
-    result
 }
 
 /// Extends `file` to `len` bytes with a hole; `false` (and a message) when the filesystem
