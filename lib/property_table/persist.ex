@@ -80,12 +80,16 @@ defmodule PropertyTable.Persist do
       restore, a persist or a snapshot restore finds that the stable or backup file does
       not verify; the oldest beyond this number are deleted. A positive integer (any size; beyond 2^64 - 1
       it means no limit). Default `5`.
+    * `:quarantine` - whether `restore_from_disk/2` moves corrupt stable and backup files
+      aside. `false` skips them where they are and changes nothing in the directory (a
+      copy taken off a device, a read-only mount); the next persist still moves them.
+      Default `true`.
     * `:log_compaction` - how large the change log may grow, as a fraction of the stable
       file's size and of its rows (the log's changed and deleted rows), before a persist
       writes a full file instead: a number from `0` to `100`. `0` turns the log off (every
       changed persist writes a full file). Default `0.25`: a restore replays every row of
-      the log, and at 0.25 one with the log at its limit took up to 1.3 times the CPU time
-      of one of a freshly written file at 100,000 rows, 1.5 times at 1,000,000
+      the log, and at 0.25 one with the log at its limit took up to 1.16 times the time of
+      one of a freshly written file at 100,000 rows, 1.28 times at 1,000,000
       (bench/results.md).
 
   Unknown keys are ignored. A known key with a bad value (of the wrong type or out of its

@@ -5,6 +5,7 @@ defmodule PropertyTable.OperatorToolsTest do
   import ExUnit.CaptureLog
 
   alias PropertyTable.Persist
+  alias PropertyTable.Persist.TestHelpers
 
   @moduletag :tmp_dir
 
@@ -261,6 +262,21 @@ defmodule PropertyTable.OperatorToolsTest do
       assert out =~ "data.ptable"
       assert out =~ ~s({["net", "eth0"], :up})
       refute out =~ ~s({["z"], 26})
+    end
+
+    test "--dump leaves the inspected directory as it was", %{tmp_dir: dir} do
+      :ok = Persist.persist_to_disk(table_with([{["old"], 1}]), opts(dir))
+      :ok = Persist.persist_to_disk(table_with([{["new"], 2}]), opts(dir))
+      stable = Path.join([dir, "t", "data.ptable"])
+      File.write!(stable, flip_byte(File.read!(stable), 40))
+      before = TestHelpers.tree(dir)
+
+      capture_log(fn ->
+        out = capture_io(fn -> Mix.Tasks.PropertyTable.Inspect.run([dir, "t", "--dump", "5"]) end)
+        assert out =~ ~s({["old"], 1})
+      end)
+
+      assert TestHelpers.tree(dir) == before
     end
 
     test "prints one line per change log", %{tmp_dir: dir} do

@@ -53,6 +53,7 @@ defmodule PropertyTable.PersistOptionsTest do
     lock_timeout: [-1, -(2 ** 64), 1.5, "1000", nil, :forever],
     safe: ["true", 1, nil, :yes],
     max_quarantined: [0, -1, -(2 ** 64), 1.5, nil],
+    quarantine: ["false", 0, nil, :no],
     log_compaction: [-1, -0.01, 100.5, 101, 2 ** 64, "0.5", nil, :off, true]
   ]
 
@@ -116,6 +117,7 @@ defmodule PropertyTable.PersistOptionsTest do
           lock_timeout: 0,
           safe: true,
           max_quarantined: 1,
+          quarantine: false,
           log_compaction: 100
         ] do
       assert :ok = Persist.persist_to_disk(table, opts)
@@ -187,6 +189,29 @@ defmodule PropertyTable.PersistOptionsTest do
 
       assert [_, _] = Path.wildcard(Path.join(table_dir(tmp, "t#{n}"), "*.corrupt-*"))
     end
+  end
+
+  test "quarantine: false restores past a corrupt file and changes nothing on disk",
+       %{tmp_dir: tmp} do
+    opts = [data_directory: tmp, table_name: "t"]
+    :ok = Persist.persist_to_disk(new_table([{["a"], 1}]), opts)
+    :ok = Persist.persist_to_disk(new_table([{["a"], 2}]), opts)
+    File.write!(stable_path(tmp, "t"), "garbage")
+    before = {Path.wildcard(Path.join(tmp, "**"), match_dot: true), tree(tmp)}
+
+    log =
+      capture_log(fn ->
+        assert {:ok, [{["a"], 1}]} = restore_fresh([quarantine: false] ++ opts)
+      end)
+
+    assert log =~ "skipping #{stable_path(tmp, "t")}"
+    refute log =~ "moved corrupt file aside"
+    assert before == {Path.wildcard(Path.join(tmp, "**"), match_dot: true), tree(tmp)}
+
+    # By default the same restore moves the corrupt file aside.
+    capture_log(fn -> assert {:ok, [{["a"], 1}]} = restore_fresh(opts) end)
+    assert [_] = Path.wildcard(Path.join(table_dir(tmp, "t"), "*.corrupt-*"))
+    refute File.exists?(stable_path(tmp, "t"))
   end
 
   test "a refused call leaves an existing table directory exactly as it was",

@@ -20,7 +20,8 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
     * `--verify` (default) verifies every file as restore does: every checksum, every chunk
       decompressed and checked against its hash, the whole-content digest. `--no-verify`
       reads headers only; a file whose header is sound is then `unverified`, never `ok`.
-    * `--dump N` prints the first N `{property, value}` rows of the newest valid file.
+    * `--dump N` prints the first N `{property, value}` rows a restore gives (the newest
+      valid file and its change log); corrupt files are skipped, not moved aside.
 
   Exits with status 1 when a table has no valid file to restore from (with `--no-verify`:
   when none of its stable, backup and tmp files even has a sound header). Does not start
@@ -157,7 +158,8 @@ defmodule Mix.Tasks.PropertyTable.Inspect do
   defp dump_rows(opts, count) do
     table = :ets.new(:property_table_inspect, [:set, :private])
 
-    case Persist.restore_from_disk(table, opts) do
+    # An inspected copy stays as it was: corrupt files are skipped, not moved aside.
+    case Persist.restore_from_disk(table, [quarantine: false] ++ opts) do
       :ok ->
         Mix.shell().info("First #{count} rows (of #{:ets.info(table, :size)}):")
 

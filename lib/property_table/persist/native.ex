@@ -126,8 +126,11 @@ defmodule PropertyTable.Persist.Native do
   @spec persist_close_wait(session()) :: :ok
   def persist_close_wait(_session), do: :erlang.nif_error(:nif_not_loaded)
 
-  @doc "Opens the newest file that verifies, moving corrupt ones aside."
-  @spec restore_open(binary(), pos_integer()) :: RestoreOpen.t()
+  @doc """
+  Opens the newest file that verifies, moving corrupt stable and backup files aside
+  (keeping `max_quarantined` of them), or leaving them in place when it is `nil`.
+  """
+  @spec restore_open(binary(), pos_integer() | nil) :: RestoreOpen.t()
   def restore_open(_dir, _max_quarantined), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Decodes the next chunk into rows stamped with `timestamp`."

@@ -12,6 +12,7 @@ defmodule PropertyTable.Persist.Options do
     lock_timeout: 60_000,
     safe: false,
     max_quarantined: 5,
+    quarantine: true,
     log_compaction: 0.25
   ]
 
@@ -32,6 +33,7 @@ defmodule PropertyTable.Persist.Options do
           lock_timeout: non_neg_integer() | :infinity,
           safe: boolean(),
           max_quarantined: 1..0xFFFF_FFFF_FFFF_FFFF,
+          quarantine: boolean(),
           log_compaction: float()
         }
 
@@ -64,6 +66,7 @@ defmodule PropertyTable.Persist.Options do
       lock_timeout: lock_timeout!(values[:lock_timeout]),
       safe: boolean!(:safe, values[:safe]),
       max_quarantined: count!(:max_quarantined, values[:max_quarantined]),
+      quarantine: boolean!(:quarantine, values[:quarantine]),
       log_compaction: log_compaction!(values[:log_compaction])
     }
 

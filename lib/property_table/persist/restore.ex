@@ -34,7 +34,8 @@ defmodule PropertyTable.Persist.Restore do
   # reader thread's messages, and closes it whatever happens. Closing stops the thread for
   # good, so no message can come after the flush.
   defp with_source(opts, fun) do
-    %RestoreOpen{file: file} = opened = Native.restore_open(opts.table_dir, opts.max_quarantined)
+    keep = if opts.quarantine, do: opts.max_quarantined
+    %RestoreOpen{file: file} = opened = Native.restore_open(opts.table_dir, keep)
     log_skipped(opened)
 
     case file do

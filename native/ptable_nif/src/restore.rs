@@ -77,11 +77,11 @@ enum Rows<'a> {
 
 /// Opens the newest file of `dir` that verifies completely and the change log continuing
 /// it (read once, to know which rows it supersedes), moving corrupt stable/backup files
-/// aside (keeping `max_quarantined`). Restoring the stable file leaves the directory's
+/// aside (keeping `max_quarantined`; `nil` leaves them in place). Restoring the stable file leaves the directory's
 /// baseline for the next persist. Encodes its answer itself, as `persist_begin`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn restore_open(env: Env, dir: RawPath, max_quarantined: u64) -> Term {
-    let (keep, dir) = (Some(count_limit(max_quarantined)), TableDir::new(dir.0));
+fn restore_open(env: Env, dir: RawPath, max_quarantined: Option<u64>) -> Term {
+    let (keep, dir) = (max_quarantined.map(count_limit), TableDir::new(dir.0));
     let OpenedRestore { replay, skipped, quarantined } =
         open_restore(&StdFs, &dir, keep, Some(&crate::BASELINES));
     RestoreOpen {
