@@ -20,7 +20,8 @@
 #   --sweep-size N        rows for --sweep (default 100000)
 #   --dir PATH            where files are written (default: a fresh directory under the
 #                         system temporary directory, removed afterwards)
-#   --out PATH            Markdown report (default bench/results.md); --no-out to skip
+#   --out PATH            also write the Markdown report there (it is always printed;
+#                         bench/results.md keeps the history and is edited by hand)
 #   --sample-ms N         memory sampling period (default 1): a longer one disturbs the
 #                         VM less (the sampler wakes a second scheduler) but may miss
 #                         short peaks
@@ -260,7 +261,8 @@ defmodule PersistBench do
       contenders: Enum.filter(@contenders, fn {id, _} -> id in only end),
       dir: opts[:dir] || Path.join(System.tmp_dir!(), "persist_bench_#{System.os_time()}"),
       remove_dir?: opts[:dir] == nil,
-      out: if(opts[:no_out], do: nil, else: opts[:out] || Path.join(__DIR__, "results.md")),
+      # --no-out is accepted (the former way not to overwrite bench/results.md).
+      out: if(opts[:no_out], do: nil, else: opts[:out]),
       command: Enum.join(["MIX_ENV=prod mix run bench/persist_bench.exs" | argv], " "),
       load_start: loadavg()
     }
